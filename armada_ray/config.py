@@ -1,0 +1,444 @@
+"""Typed configuration for every armada-ray command.
+
+One YAML file (see ``jobs/demo.yaml``) plus ``a.b=c`` overrides on the command line build a
+:class:`ArmadaConfig`. Every section is a closed pydantic model (``extra="forbid"``), so a typo is an
+error with a "did you mean" rather than a silently ignored key. :func:`load_config` collects every
+problem and raises one :class:`ConfigError` whose lines each name the key path, the value given and
+what is allowed; the CLI prints them and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config, override or input problem the user can fix (CLI exit code 2)."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ----------------------------------------------------------------------------------------- sections
+
+
+class PathsConfig(_Section):
+    work_dir: Path = Field(Path("./armada_runs"), description="Root of cache, runs and the embedded MLflow store.")
+
+
+class _TeacherBase(_Section):
+    prompt_template: str = Field(
+        "{text}", description="Format string applied to the prompt (the paper's lower-cased joined text fields)."
+    )
+    stand_in: bool = Field(
+        False, description="True when this teacher stands in for a vision-language teacher (tagged in logs/MLflow)."
+    )
+    shuffle: bool = Field(False, description="Ablation control: permute teacher vectors across examples.")
+    shuffle_seed: int = Field(1234, description="Seed of the teacher.shuffle permutation.")
+
+
+class HFTeacherConfig(_TeacherBase):
+    kind: Literal["hf"] = "hf"
+    model: str = Field("minilm", description="Hub id, local folder, or an alias: minilm, smollm2-135m.")
+    revision: str | None = Field(None, description="Hub revision (part of the fingerprint).")
+    pooling: Literal["mean", "cls", "last", "first"] = "mean"
+    layer: int = Field(-1, description="Hidden-state layer to pool (-1 = last).")
+    normalize: bool = Field(True, description="L2-normalise the pooled vector.")
+    max_length: int = Field(256, ge=1, le=32768)
+    batch_size: int = Field(32, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bf16 on GPU, fp32 on CPU."
+    )
+
+
+class DiffusionTeacherConfig(_TeacherBase):
+    kind: Literal["diffusion"] = "diffusion"
+    model: str = Field("CompVis/stable-diffusion-v1-4", description="diffusers pipeline id or folder, or 'tiny'.")
+    revision: str | None = None
+    lora: str | None = Field(None, description="Optional LoRA weights (folder or hub id) loaded into the UNet.")
+    steps: int = Field(20, ge=1, le=1000)
+    image_size: int = Field(128, ge=8)
+    strength: float = Field(0.75, gt=0.0, le=1.0)
+    guidance_scale: float = Field(7.5, ge=0.0)
+    seed: int = 0
+    batch_size: int = Field(4, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class HttpTeacherConfig(_TeacherBase):
+    kind: Literal["http"] = "http"
+    endpoint: str = Field("http://127.0.0.1:8765/v1", description="Base URL of an OpenAI-compatible API.")
+    model: str = Field("teacher", description="Model name sent in the request body.")
+    api: Literal["embeddings", "images"] = "embeddings"
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
+    image_encoder: str | None = Field(None, description="Local HF image encoder for api=images.")
+    dim: int | None = Field(None, ge=1, description="Expected vector dimension (replies of another size are quarantined).")
+    requests_per_s: float = Field(20.0, gt=0, description="Job-wide request rate limit.")
+    tokens_per_min: float | None = Field(None, gt=0, description="Job-wide token budget per minute.")
+    max_in_flight: int = Field(8, ge=1, description="Job-wide cap on concurrent requests.")
+    batch_size: int = Field(16, ge=1, description="Texts per request.")
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    backoff_base_s: float = Field(0.25, gt=0)
+    backoff_max_s: float = Field(20.0, gt=0)
+    price_per_1k_tokens: float | None = Field(None, ge=0)
+
+
+TeacherConfig = Annotated[
+    Union[HFTeacherConfig, DiffusionTeacherConfig, HttpTeacherConfig], Field(discriminator="kind")
+]
+
+
+class CacheConfig(_Section):
+    dtype: Literal["float16", "float32"] = "float16"
+    shard_rows: int = Field(512, ge=1, description="Rows per Parquet shard.")
+    dir: Path | None = Field(None, description="Cache root (default <work_dir>/cache).")
+
+
+class TaskConfig(_Section):
+    name: str = Field("bbc_topics", description="A registered task (armada tasks lists them).")
+    data_dir: Path | None = Field(None, description="Local files for file-backed tasks (GLUE TSV, JSONL).")
+    max_train: int | None = Field(None, ge=1, description="Cap on train rows (seeded subsample).")
+    max_dev: int | None = Field(None, ge=1)
+    max_test: int | None = Field(None, ge=1)
+    seed: int = Field(13, description="Seed of the fixed train/dev/test split.")
+
+
+class LoraConfig(_Section):
+    enabled: bool = True
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    layers_to_transform: list[int] | None = Field(None, description="Only these layers get LoRA (None = all).")
+
+
+class StudentConfig(_Section):
+    model: str = Field("smollm2-135m", description="Hub id, local folder, or alias: smollm2-135m, minilm, tiny-llama.")
+    revision: str | None = None
+    kind: Literal["auto", "encoder", "decoder"] = "auto"
+    pooling: Literal["auto", "cls", "pooler", "last", "first"] = Field(
+        "auto", description="auto = pooler/[CLS] for encoders, last non-padding token for decoders."
+    )
+    max_length: int = Field(128, ge=8, le=32768)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    orthogonal_projection: bool = Field(False, description="Make the student projection p_s orthogonal.")
+    freeze_layers_below: int | None = Field(
+        None, ge=0, description="Full fine-tuning only: freeze embeddings and layers below this index."
+    )
+
+
+class AlignerConfig(_Section):
+    hidden: int = Field(768, ge=1, description="d: width of branch A.")
+    proj_dim: int = Field(1024, ge=1, description="P: width of the orthogonal projection p_t (and p_s).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    lr: float = Field(1e-3, gt=0)
+    freeze_random: bool = Field(False, description="Ablation control: random, frozen aligner.")
+
+
+class LossConfig(_Section):
+    mode: Literal["armada", "baseline"] = "armada"
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    beta: float = Field(1.0, ge=0.0)
+    gamma: float = Field(1.0, ge=0.0)
+    temperature: float = Field(5.0, gt=0.0)
+    manifold: Literal["cosine", "euclid", "pointwise"] = "cosine"
+    soft: Literal["mse", "kl"] = "mse"
+
+
+class TrainConfig(_Section):
+    schedule: Literal["alternating", "joint"] = "alternating"
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(8, ge=1, description="Micro-batch per worker.")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    clip: float = Field(1.0, gt=0)
+    seed: int = 42
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload: bool = Field(False, description="ZeRO CPU offload of optimizer state (and params at stage 3).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
+    report_every: int = Field(20, ge=1, description="Steps between progress reports.")
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class ScalingConfig(_Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+    max_failures: int = Field(1, ge=0, description="Automatic restarts from the latest checkpoint.")
+    gpu_memory_gb: float = Field(80.0, gt=0, description="Memory per GPU, for the fit check (H100: 80).")
+    memory_headroom: float = Field(0.9, gt=0, le=1.0, description="Fraction of memory a plan may use.")
+
+
+class SearchDomain(_Section):
+    type: Literal["choice", "uniform", "loguniform", "grid", "randint"]
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchDomain":
+        if self.type in ("choice", "grid") and not self.values:
+            raise ValueError(f"type={self.type} needs a non-empty 'values' list")
+        if self.type in ("uniform", "loguniform", "randint"):
+            if self.low is None or self.high is None or self.low >= self.high:
+                raise ValueError(f"type={self.type} needs low < high (got low={self.low}, high={self.high})")
+            if self.type == "loguniform" and self.low <= 0:
+                raise ValueError("type=loguniform needs low > 0")
+        return self
+
+
+class TuneConfig(_Section):
+    search_space: dict[str, SearchDomain] = Field(
+        default_factory=dict, description="Dotted config path -> domain; a trial is a set of overrides."
+    )
+    num_samples: int = Field(4, ge=1)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    searcher: Literal["random", "optuna"] = "random"
+    metric: str = Field("dev_metric", description="A metric training reports.")
+    mode: Literal["max", "min"] = "max"
+    max_concurrent_trials: int = Field(2, ge=1)
+    grace_period: int = Field(1, ge=1)
+    include_baseline: bool = Field(True, description="Also train the undistilled baseline for comparison.")
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///<work_dir>/mlflow.db).")
+    experiment: str | None = Field(None, description="Experiment name (default: the config name).")
+    register_model: bool = True
+    registered_model_name: str | None = None
+
+
+class EmbedConfig(_Section):
+    concurrency: int = Field(2, ge=1, description="Actors in the teacher pool.")
+    num_gpus_per_actor: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1, description="Rows per map_batches call.")
+    max_chars: int = Field(20000, ge=1, description="Longer prompts are quarantined as over-long.")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    token_env: str | None = Field(None, description="Env var with the bearer token clients must send.")
+    rate_limit_rps: float | None = Field(None, gt=0, description="Requests/s before 429 with Retry-After.")
+    error_rate: float = Field(0.0, ge=0.0, le=1.0, description="Injected 5xx fraction.")
+    rate_limit_error_rate: float = Field(0.0, ge=0.0, le=1.0, description="Injected 429 fraction.")
+    malformed_rate: float = Field(0.0, ge=0.0, le=1.0, description="Injected malformed-body fraction.")
+    latency_s: float = Field(0.0, ge=0.0)
+    model_name: str = Field("teacher", description="Name served in /v1/models.")
+    teacher: HFTeacherConfig = Field(
+        default_factory=lambda: HFTeacherConfig(stand_in=True), description="The local teacher it hosts."
+    )
+
+
+class ExportConfig(_Section):
+    merge: bool = Field(True, description="Merge LoRA into the base weights (False: save the adapter).")
+    dir: Path | None = None
+
+
+class EvalConfig(_Section):
+    split: Literal["dev", "test"] = "dev"
+    checkpoint: Path | None = Field(None, description="A checkpoint or export folder (default: the run's best).")
+
+
+class ArmadaConfig(_Section):
+    name: str = Field("armada", description="Config name; also the MLflow experiment name.")
+    resume: bool = Field(False, description="Resume training from the latest checkpoint of this run.")
+    run_name: str | None = Field(None, description="Run folder name (default: derived from the config).")
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    teacher: TeacherConfig = Field(default_factory=lambda: HttpTeacherConfig(stand_in=True))
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    aligner: AlignerConfig = Field(default_factory=AlignerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    # ---- derived locations (DESIGN §5)
+    @property
+    def work_dir(self) -> Path:
+        return self.paths.work_dir.expanduser().resolve()
+
+    @property
+    def cache_root(self) -> Path:
+        return (self.cache.dir.expanduser().resolve() if self.cache.dir else self.work_dir / "cache")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.work_dir / "runs" / self.experiment / (self.run_name or "train")
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.work_dir / 'mlflow.db'}"
+
+
+# ------------------------------------------------------------------------------ loading / overrides
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], parsed c). Splits on the first ``=`` only; YAML parses the value."""
+    if "=" not in item or item.startswith("-"):
+        raise ConfigError(
+            f"override {item!r}: expected key=value (e.g. loss.alpha=0.3, train.epochs=2, tune.metric=dev_metric)"
+        )
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {item!r}: the key must be a dotted path such as loss.alpha")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``a.b=c`` into a nested dict (copy-on-write at each level)."""
+    out = dict(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _fields_at(loc: tuple[Any, ...]) -> tuple[list[str], tuple[str, ...]]:
+    """Field names of the model addressed by ``loc`` (a pydantic error location) and the clean key path."""
+    model: Any = ArmadaConfig
+    clean: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            clean.append(str(part))
+            continue
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            clean.append(str(part))
+            continue
+        if part not in fields:
+            # a discriminated-union tag such as teacher.<http>: switch to that member's model
+            for member in (HFTeacherConfig, DiffusionTeacherConfig, HttpTeacherConfig):
+                if member.model_fields["kind"].default == part:
+                    model = member
+                    break
+            else:
+                clean.append(str(part))
+            continue
+        clean.append(str(part))
+        ann = fields[part].annotation
+        model = _model_of(ann)
+    names = list(getattr(model, "model_fields", {}) or {})
+    return names, tuple(clean)
+
+
+def _model_of(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        names, clean = _fields_at(loc[:-1])
+        key = ".".join([*clean, str(loc[-1])])
+        near = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+        hint = f"; did you mean {'.'.join([*clean, near[0]])}?" if near else ""
+        allowed = ", ".join(names) if names else "no keys"
+        return f"config error: unknown key {key}={err.get('input')!r}{hint} (allowed here: {allowed})"
+    _, clean = _fields_at(loc)
+    key = ".".join(clean) or "<root>"
+    msg = err["msg"]
+    ctx = err.get("ctx") or {}
+    if err["type"] == "literal_error" and "expected" in ctx:
+        msg = f"allowed: {ctx['expected']}"
+    elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        tag = ctx.get("discriminator", "'kind'").strip("'")
+        value = err.get("input", {}).get(tag) if isinstance(err.get("input"), dict) else err.get("input")
+        return f"config error: {key}.{tag}={value!r}: allowed: {ctx.get('expected_tags')}"
+    return f"config error: {key}={err.get('input')!r}: {msg}"
+
+
+def build_config(data: dict[str, Any]) -> ArmadaConfig:
+    """Validate a nested dict into an :class:`ArmadaConfig`, reporting every problem at once."""
+    try:
+        return ArmadaConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> ArmadaConfig:
+    """Load YAML ``path`` (or the defaults when None), apply ``a.b=c`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config error: --config {str(p)!r}: no such file")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config error: {p}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config error: {p}: the top level must be a mapping of sections")
+        data = loaded
+        data.setdefault("name", p.stem)
+    return build_config(apply_overrides(data, overrides or []))
+
+
+def dump_config(cfg: ArmadaConfig) -> str:
+    """The resolved config as YAML (saved with every run)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: ArmadaConfig, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "config.yaml"
+    out.write_text(dump_config(cfg))
+    return out
+
+
+def flatten(cfg: ArmadaConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flattened ``a.b -> value`` view (MLflow params). Holds no secrets: keys live only in env vars."""
+    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

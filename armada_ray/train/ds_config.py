@@ -1,0 +1,83 @@
+"""The DeepSpeed config, built by one pure function (golden-tested in tests/test_ds_config.py).
+
+Follows OpenRLHF's ``get_train_ds_config`` shape: the engine config is derived from our typed
+``TrainConfig``/``ScalingConfig`` plus the device facts, never hand-edited JSON. Conflicting settings are
+a :class:`ConfigError` naming the keys, raised before any cluster time is spent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from armada_ray.config import ConfigError, ScalingConfig, TrainConfig
+
+
+def resolve_precision(train: TrainConfig, on_gpu: bool) -> str:
+    """``auto`` -> bf16 on GPU, fp32 on CPU."""
+    if train.precision == "auto":
+        return "bf16" if on_gpu else "fp32"
+    return train.precision
+
+
+def check_ds_settings(train: TrainConfig, scaling: ScalingConfig, on_gpu: bool) -> list[str]:
+    """Every conflict between the DeepSpeed-related settings, as user-facing lines."""
+    problems: list[str] = []
+    precision = resolve_precision(train, on_gpu)
+    if not on_gpu and precision in ("fp16", "bf16"):
+        problems.append(
+            f"config error: train.precision={train.precision!r} needs a GPU (scaling.use_gpu=false); "
+            "allowed on CPU: fp32 or auto"
+        )
+    if train.offload and train.zero_stage < 2:
+        problems.append(
+            f"config error: train.offload=true needs train.zero_stage 2 or 3 (got {train.zero_stage})"
+        )
+    if train.offload and not on_gpu:
+        problems.append(
+            "config error: train.offload=true moves optimizer state from GPU to CPU; with "
+            "scaling.use_gpu=false everything is already on the CPU: set train.offload=false"
+        )
+    if scaling.use_gpu and scaling.gpus_per_worker <= 0:
+        problems.append("config error: scaling.gpus_per_worker=0 with scaling.use_gpu=true: allowed > 0")
+    return problems
+
+
+def build_ds_config(train: TrainConfig, scaling: ScalingConfig, *, on_gpu: bool) -> dict[str, Any]:
+    """DeepSpeed engine config for the student.
+
+    The optimizer is a ``torch.optim.AdamW`` handed to ``deepspeed.initialize`` (no JIT-compiled
+    FusedAdam/CPUAdam on CPU machines; NOTES.md), so the config carries no ``optimizer`` block unless
+    offload asks for DeepSpeed's CPU Adam on GPU machines.
+    """
+    problems = check_ds_settings(train, scaling, on_gpu)
+    if problems:
+        raise ConfigError(problems)
+    precision = resolve_precision(train, on_gpu)
+    zero: dict[str, Any] = {"stage": train.zero_stage}
+    if train.zero_stage >= 2:
+        zero.update(overlap_comm=on_gpu, contiguous_gradients=True, reduce_bucket_size=5e7)
+    if train.zero_stage == 3:
+        zero.update(
+            stage3_gather_16bit_weights_on_model_save=True,
+            stage3_param_persistence_threshold=1e4,
+            stage3_prefetch_bucket_size=5e7,
+        )
+    if train.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if train.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.batch_size * train.grad_accum * scaling.num_workers,
+        "gradient_clipping": train.clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "steps_per_print": 10**9,  # our own progress lines; DeepSpeed's would interleave with them
+        "wall_clock_breakdown": False,
+    }
+    if train.offload:
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": 0.0}}
+        config["zero_force_ds_cpu_optimizer"] = True
+    return config

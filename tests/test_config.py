@@ -1,0 +1,91 @@
+"""Config system: YAML + dotted overrides, closed sections, errors that name key, value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from armada_ray.config import ArmadaConfig, ConfigError, apply_overrides, flatten, load_config, parse_override
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+
+
+def test_overrides_parse_numbers_booleans_lists_and_split_on_first_equals():
+    assert parse_override("loss.alpha=0.3") == (["loss", "alpha"], 0.3)
+    assert parse_override("train.epochs=3") == (["train", "epochs"], 3)
+    assert parse_override("resume=true") == (["resume"], True)
+    assert parse_override("student.lora.target_modules=[q_proj,k_proj]")[1] == ["q_proj", "k_proj"]
+    assert parse_override("teacher.prompt_template=a=b {text}")[1] == "a=b {text}"
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_override("--alpha")
+
+
+def test_overrides_apply_on_yaml_without_mutating_it():
+    base = {"loss": {"alpha": 0.5, "beta": 1.0}}
+    out = apply_overrides(base, ["loss.alpha=0.2", "train.epochs=1"])
+    assert out == {"loss": {"alpha": 0.2, "beta": 1.0}, "train": {"epochs": 1}}
+    assert base["loss"]["alpha"] == 0.5
+
+
+def test_every_shipped_job_config_validates():
+    files = sorted(JOBS.rglob("*.yaml"))  # recursive: every config we ship is checked
+    assert files, "no job configs found"
+    for f in files:
+        cfg = load_config(f)
+        assert isinstance(cfg, ArmadaConfig), f
+
+
+def test_misspelled_key_suggests_the_right_one():
+    with pytest.raises(ConfigError) as e:
+        load_config(JOBS / "demo.yaml", ["loss.alpah=0.3"])
+    line = e.value.problems[0]
+    assert "loss.alpah" in line and "did you mean loss.alpha" in line and "0.3" in line
+
+
+def test_every_problem_is_reported_together_with_value_and_allowed():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["loss.alpha=1.5", "train.zero_stage=7", "teacher.kind=clip", "loss.manifold=l1"])
+    text = "\n".join(e.value.problems)
+    assert "loss.alpha=1.5" in text and "less than or equal to 1" in text
+    assert "train.zero_stage=7" in text and "0, 1, 2 or 3" in text
+    assert "teacher.kind" in text and "'clip'" in text
+    assert "loss.manifold='l1'" in text and "cosine" in text
+
+
+def test_discriminated_teacher_union_and_its_unknown_keys():
+    cfg = load_config(None, ["teacher.kind=diffusion", "teacher.steps=5"])
+    assert cfg.teacher.kind == "diffusion" and cfg.teacher.steps == 5
+    with pytest.raises(ConfigError, match=r"teacher.endpiont.*did you mean teacher.endpoint"):
+        load_config(None, ["teacher.kind=http", "teacher.endpiont=http://x"])
+
+
+def test_search_space_domains_are_checked():
+    with pytest.raises(ConfigError, match="low < high"):
+        load_config(None, ["tune.search_space={loss.alpha: {type: uniform, low: 1, high: 0}}"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_name_defaults_to_file_stem_and_paths_derive_from_work_dir(tmp_path):
+    f = tmp_path / "myjob.yaml"
+    f.write_text(yaml.safe_dump({"paths": {"work_dir": str(tmp_path / "w")}}))
+    cfg = load_config(f)
+    assert cfg.name == "myjob" and cfg.experiment == "myjob"
+    assert cfg.cache_root == (tmp_path / "w" / "cache").resolve()
+    assert cfg.tracking_uri == f"sqlite:///{(tmp_path / 'w' / 'mlflow.db').resolve()}"
+
+
+def test_flatten_has_no_secret_values():
+    cfg = load_config(None, ["teacher.kind=http", "teacher.api_key_env=MY_KEY"])
+    flat = flatten(cfg)
+    assert flat["teacher.api_key_env"] == "MY_KEY"  # the variable's name, never its value
+    assert flat["loss.alpha"] == 0.5
