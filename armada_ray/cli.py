@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg: ArmadaConfig = load_config(args.config, args.overrides)
+        if args.command in ("embed", "train", "tune", "eval", "demo"):
+            from armada_ray.tasks import get_task
+
+            get_task(cfg.task.name)  # an unknown task is refused before any stage starts
         fn = _resolve(COMMANDS[args.command][0])
         kwargs: dict[str, Any] = {}
         if args.command == "ui":
