@@ -1,0 +1,84 @@
+"""``armada eval``: score a checkpoint or an export on a task split and write its predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from armada_ray.config import ArmadaConfig, ConfigError
+from armada_ray.export import best_checkpoint_of, checkpoint_config, load_checkpoint_student
+
+
+def load_for_eval(path: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(student, tokenizer, task facts) from an export folder or a training checkpoint."""
+    from armada_ray.model import load_student_export
+
+    if (path / "armada_student.json").is_file():
+        student, tokenizer = load_student_export(path)
+        _, task = checkpoint_config(path)
+        return student, tokenizer, task
+    student, tokenizer, _, task, _ = load_checkpoint_student(path)
+    return student, tokenizer, task
+
+
+@torch.no_grad()
+def predict(student: Any, tokenizer: Any, prompts: list[str], max_length: int, regression: bool,
+            batch_size: int = 16) -> list[float | int]:
+    preds: list[float | int] = []
+    student.eval()
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
+                        return_tensors="pt")
+        out = student(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        s1 = out.s1.float()
+        preds += s1.squeeze(-1).tolist() if regression else s1.argmax(-1).tolist()
+    return preds
+
+
+def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_dir: Path | None = None) -> dict[str, Any]:
+    """Metrics of ``path`` on ``split`` of ``cfg.task``; predictions land in ``predictions-<split>.jsonl``."""
+    from armada_ray.tasks import compute_metrics, example_prompt, load_task
+
+    path = Path(path)
+    student, tokenizer, task = load_for_eval(path)
+    data = load_task(cfg.task)
+    spec = data.spec
+    regression = spec.kind == "regression"
+    expected = 1 if regression else len(spec.labels or [])
+    if task["kind"] != spec.kind or task["num_classes"] != expected:
+        raise ConfigError(
+            f"student/task mismatch: {path} was trained for {task['task']!r} ({task['kind']}, "
+            f"{task['num_classes']} output(s)) but task.name={cfg.task.name!r} is {spec.kind} with {expected} "
+            "output(s)"
+        )
+    rows = getattr(data, split)
+    if not rows:
+        raise ConfigError(f"task {cfg.task.name!r}: the {split} split is empty")
+    prompts = [example_prompt(spec, ex) for ex in rows]
+    preds = predict(student, tokenizer, prompts, cfg.student.max_length, regression)
+    refs = [ex.label for ex in rows]
+    metrics = compute_metrics(spec, preds, refs)
+    out_dir = Path(out_dir) if out_dir else path
+    out_file = out_dir / f"predictions-{split}.jsonl"
+    with open(out_file, "w") as f:
+        for ex, p in zip(rows, preds):
+            label = p if regression else spec.labels[int(p)]
+            f.write(json.dumps({"uid": ex.uid, "prediction": label, "reference": ex.label}) + "\n")
+    result = {"checkpoint": str(path), "task": cfg.task.name, "split": split, "rows": len(rows),
+              "metric": spec.metric, "metric_value": float(metrics[spec.metric]),
+              "metrics": {k: float(v) for k, v in metrics.items()}, "predictions": str(out_file)}
+    (out_dir / f"eval-{split}.json").write_text(json.dumps(result, indent=2))
+    print(f"[armada] {cfg.task.name} {split}: {spec.metric} {result['metric_value']:.4f} over {len(rows)} rows "
+          f"-> {out_file}", flush=True)
+    return result
+
+
+def run_eval(cfg: ArmadaConfig) -> dict[str, Any]:
+    path = cfg.eval.checkpoint or best_checkpoint_of(cfg)
+    return evaluate_checkpoint(cfg, Path(path), cfg.eval.split)
+
+
+__all__ = ["evaluate_checkpoint", "load_for_eval", "predict", "run_eval"]

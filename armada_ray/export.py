@@ -1,0 +1,95 @@
+"""``armada export``: a training checkpoint -> a Hugging Face folder with ARMADA's heads and aligner beside it.
+
+The checkpoint's DeepSpeed state is consolidated with DeepSpeed's own ``zero_to_fp32`` reader (works for
+ZeRO-2 and ZeRO-3 shards alike, no process group needed), loaded into a freshly built student of the same
+config, and written by the student's ``save_pretrained_parts`` (LoRA merged, or the adapter with
+``export.merge=false``). The result loads with ``from_pretrained`` / ``PeftModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from armada_ray.config import ArmadaConfig, ConfigError, build_config
+
+CKPT_TAG = "state"
+
+
+def checkpoint_config(ckpt: Path) -> tuple[ArmadaConfig, dict[str, Any]]:
+    """The resolved config and task facts stored in a checkpoint (or an export)."""
+    if not (ckpt / "config.yaml").is_file() or not (ckpt / "task.json").is_file():
+        raise ConfigError(f"{ckpt}: not an armada-ray checkpoint or export (config.yaml/task.json missing)")
+    return build_config(yaml.safe_load((ckpt / "config.yaml").read_text())), json.loads((ckpt / "task.json").read_text())
+
+
+def load_checkpoint_student(ckpt: Path) -> tuple[Any, Any, ArmadaConfig, dict[str, Any], Any]:
+    """(student, tokenizer, config, task facts, aligner or None) from a training checkpoint folder."""
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from armada_ray.model import build_aligner, build_student
+
+    cfg, task = checkpoint_config(ckpt)
+    student, tokenizer = build_student(cfg.student, num_classes=task["num_classes"], proj_dim=cfg.aligner.proj_dim,
+                                       task_kind=task["kind"])
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "deepspeed"), tag=CKPT_TAG)
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    trainable_missing = [k for k in missing if dict(student.named_parameters()).get(k) is not None
+                         and dict(student.named_parameters())[k].requires_grad]
+    if unexpected or trainable_missing:
+        raise RuntimeError(f"{ckpt}: checkpoint does not match the student built from its config "
+                           f"(unexpected {unexpected[:3]}, missing trained {trainable_missing[:3]})")
+    aligner = None
+    if (ckpt / "aligner.pt").exists():
+        blob = torch.load(ckpt / "aligner.pt", map_location="cpu", weights_only=False)
+        aligner = build_aligner(cfg.aligner, teacher_dim=blob["teacher_dim"], num_classes=task["num_classes"])
+        aligner.load_state_dict(blob["best"])
+        aligner.eval()
+    return student.eval(), tokenizer, cfg, task, aligner
+
+
+def export_checkpoint(ckpt: Path, out_dir: Path, merge: bool = True) -> dict[str, Any]:
+    """Write ``out_dir``: HF backbone (merged or adapter) + heads + tokenizer, ``aligner/``, config and task."""
+    from armada_ray.model import save_aligner
+
+    ckpt, out_dir = Path(ckpt), Path(out_dir)
+    student, tokenizer, cfg, task, aligner = load_checkpoint_student(ckpt)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    student.save_pretrained_parts(out_dir, merge=merge, tokenizer=tokenizer)
+    if aligner is not None:
+        save_aligner(aligner, out_dir / "aligner")
+    for name in ("config.yaml", "task.json", "metrics.json"):
+        if (ckpt / name).exists():
+            shutil.copy(ckpt / name, out_dir / name)
+    print(f"[armada] exported {ckpt} -> {out_dir} ({'LoRA merged' if merge and student.is_lora else 'adapter' if student.is_lora else 'full weights'})",
+          flush=True)
+    return {"export_dir": str(out_dir), "checkpoint": str(ckpt), "merged": bool(merge and student.is_lora),
+            "adapter": bool(student.is_lora and not merge), "aligner": aligner is not None}
+
+
+def best_checkpoint_of(cfg: ArmadaConfig) -> Path:
+    """The best checkpoint of the run named by ``run_name`` (default: the latest run of the experiment)."""
+    exp_dir = cfg.work_dir / "runs" / cfg.experiment
+    if cfg.run_name:
+        candidates = [cfg.run_dir / "summary.json"]
+    else:
+        candidates = sorted(exp_dir.rglob("summary.json"), key=lambda p: p.stat().st_mtime)
+    for summary in reversed(candidates):
+        if summary.is_file():
+            best = json.loads(summary.read_text()).get("best_checkpoint")
+            if best and Path(best).is_dir():
+                return Path(best)
+    raise ConfigError(f"no finished run with a checkpoint under {exp_dir}; run `armada train` first or set "
+                      "eval.checkpoint=<folder>")
+
+
+def run_export(cfg: ArmadaConfig) -> dict[str, Any]:
+    ckpt = cfg.eval.checkpoint or best_checkpoint_of(cfg)
+    out = cfg.export.dir or (cfg.work_dir / "exports" / cfg.experiment / (cfg.run_name or Path(ckpt).parents[2].name))
+    return export_checkpoint(Path(ckpt), Path(out), merge=cfg.export.merge)

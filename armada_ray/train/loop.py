@@ -1,0 +1,412 @@
+"""The per-worker ARMADA training loop (one loop: ARMADA, the baseline and the ablation controls are
+settings of it).
+
+``train_loop_per_worker(config)`` is what Ray Train runs on every worker: it validates its config at
+the top, builds the student (DeepSpeed engine) and the aligner (DDP when there is more than one worker),
+then runs the schedule of DESIGN §2:
+
+- ``alternating`` (the paper): per epoch one aligner epoch (AdamW ``aligner.lr``, clip 1.0), then one
+  student epoch with the aligner frozen (AdamW ``train.lr``, clip ``train.clip``). The student learns
+  against the best-so-far aligner (by dev metric), which is the one kept and exported.
+- ``joint``: one aligner step and one student step per batch.
+
+Every epoch ends with a dev evaluation with the task's metric, one ``ray.train.report`` carrying the
+metrics and a checkpoint (DeepSpeed state + aligner + tokenizer + resolved config + loop state incl. the
+MLflow run id); progress lines every ``train.report_every`` steps (a report per step would cost ~2 s
+under Train V2, NOTES.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from armada_ray.config import ArmadaConfig, dump_config
+from armada_ray.train.data import ArmadaDataset, build_splits
+from armada_ray.train.ds_config import build_ds_config
+from armada_ray.train.session import Session
+
+CKPT_TAG = "state"
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
+    return m.module if hasattr(m, "module") else m
+
+
+class ArmadaWorker:
+    """State and steps of one worker. Kept as a class so the schedule reads top to bottom in ``run``."""
+
+    def __init__(self, cfg: ArmadaConfig, session: Session, parent_run_id: str | None):
+        import deepspeed
+
+        from armada_ray.model import build_aligner, build_student
+
+        self.cfg, self.session = cfg, session
+        self.rank, self.world = session.rank, session.world_size
+        self.device = session.device
+        self.distill = cfg.loss.mode == "armada"
+        _seed_all(cfg.train.seed)
+
+        self.spec, self.splits = build_splits(cfg, with_teacher=self.distill)
+        self.regression = self.spec.kind == "regression"
+        self.num_classes = 1 if self.regression else len(self.spec.labels)
+
+        student, self.tokenizer = build_student(
+            cfg.student, num_classes=self.num_classes, proj_dim=cfg.aligner.proj_dim, task_kind=self.spec.kind
+        )
+        self.datasets = {k: ArmadaDataset(v, self.tokenizer, cfg.student.max_length) for k, v in self.splits.items()}
+
+        params = [p for p in student.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=0.0)
+        ds_config = build_ds_config(cfg.train, cfg.scaling, on_gpu=self.device.type == "cuda")
+        self.engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, config=ds_config)
+        self.dtype = next(p for p in self.engine.module.parameters()).dtype
+
+        self.aligner: torch.nn.Module | None = None
+        self.aligner_opt: torch.optim.Optimizer | None = None
+        if self.distill:
+            dim = self.splits["train"].teacher.shape[1]
+            aligner = build_aligner(cfg.aligner, teacher_dim=dim, num_classes=self.num_classes).to(self.device)
+            if not cfg.aligner.freeze_random and self.world > 1:
+                aligner = torch.nn.parallel.DistributedDataParallel(
+                    aligner, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                )
+            self.aligner = aligner
+            self.aligner_opt = (
+                None if cfg.aligner.freeze_random
+                else torch.optim.AdamW(aligner.parameters(), lr=cfg.aligner.lr)
+            )
+            self.best_aligner = copy.deepcopy(_unwrap(aligner).state_dict())
+
+        self.state: dict[str, Any] = {
+            "epoch": 0, "global_step": 0, "history": [], "best_dev_metric": None,
+            "best_aligner_metric": None, "mlflow_run_id": None,
+        }
+        self._resume()
+        self.tracker = None
+        if self.rank == 0:
+            self.tracker = self._start_tracker(parent_run_id)
+
+    # ------------------------------------------------------------------ checkpoints and tracking
+
+    def _resume(self) -> None:
+        ckpt = self.session.get_checkpoint()
+        if ckpt is None:
+            return
+        with ckpt.as_directory() as d:
+            d = Path(d)
+            self.engine.load_checkpoint(str(d / "deepspeed"), tag=CKPT_TAG)
+            self.state = json.loads((d / "state.json").read_text())
+            if self.aligner is not None and (d / "aligner.pt").exists():
+                blob = torch.load(d / "aligner.pt", map_location=self.device, weights_only=False)
+                _unwrap(self.aligner).load_state_dict(blob["current"])
+                self.best_aligner = blob["best"]
+                if self.aligner_opt is not None and blob.get("optimizer"):
+                    self.aligner_opt.load_state_dict(blob["optimizer"])
+            rng = d / f"rng_rank{self.rank}.pt"
+            if rng.exists():
+                _set_rng_state(torch.load(rng, weights_only=False))
+        self.session.log(f"resumed from checkpoint after epoch {self.state['epoch']}")
+
+    def _start_tracker(self, parent_run_id: str | None) -> Any:
+        from armada_ray.tracking import RunTracker, standard_tags
+
+        cfg = self.cfg
+        if not cfg.tracking.enabled:
+            return RunTracker.disabled(cfg)
+        try:
+            tracker = RunTracker.start(
+                cfg, run_name=cfg.run_name or "train", kind="train", parent_run_id=parent_run_id,
+                run_id=self.state.get("mlflow_run_id"), tags=standard_tags(cfg, self.session.teacher_fingerprint_id),
+            )
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+            self.session.log(f"warning: MLflow unavailable ({exc}); metrics kept locally")
+            return RunTracker.disabled(cfg)
+        if self.state.get("mlflow_run_id") is None:
+            tracker.log_config(cfg)
+        self.state["mlflow_run_id"] = tracker.run_id
+        return tracker
+
+    def _save_checkpoint(self, metrics: dict[str, Any]) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="armada-ckpt-"))
+        self.engine.save_checkpoint(str(tmp / "deepspeed"), tag=CKPT_TAG)
+        torch.save(_rng_state(), tmp / f"rng_rank{self.rank}.pt")
+        if self.rank == 0:
+            (tmp / "state.json").write_text(json.dumps(self.state, default=float))
+            (tmp / "config.yaml").write_text(dump_config(self.cfg))
+            (tmp / "metrics.json").write_text(json.dumps(metrics, default=float))
+            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            (tmp / "task.json").write_text(json.dumps(
+                {"task": self.spec.name, "kind": self.spec.kind, "labels": self.spec.labels,
+                 "num_classes": self.num_classes, "metric": self.spec.metric}
+            ))
+            if self.aligner is not None:
+                torch.save(
+                    {"current": _unwrap(self.aligner).state_dict(), "best": self.best_aligner,
+                     "optimizer": self.aligner_opt.state_dict() if self.aligner_opt else None,
+                     "teacher_dim": self.splits["train"].teacher.shape[1]},
+                    tmp / "aligner.pt",
+                )
+        self.session.report(metrics, checkpoint_dir=tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------ data
+
+    def _loader(self, split: str, shuffle: bool, epoch: int = 0) -> DataLoader:
+        ds = self.datasets[split]
+        sampler = DistributedSampler(
+            ds, num_replicas=self.world, rank=self.rank, shuffle=shuffle, seed=self.cfg.train.seed
+        )
+        sampler.set_epoch(epoch)
+        return DataLoader(ds, batch_size=self.cfg.train.batch_size, sampler=sampler, collate_fn=ds.collate)
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ steps
+
+    def _aligner_targets(self, teacher: torch.Tensor) -> Any:
+        aligner = _unwrap(self.aligner)
+        was_training = aligner.training
+        aligner.eval()
+        with torch.no_grad():
+            out = aligner(teacher)
+        aligner.train(was_training)
+        return out
+
+    def _aligner_step(self, batch: dict[str, torch.Tensor]) -> float:
+        from armada_ray.model import aligner_loss
+
+        self.aligner.train()
+        out = self.aligner(batch["teacher"])
+        loss = aligner_loss(out, batch["labels"], gamma=self.cfg.loss.gamma, regression=self.regression)
+        self.aligner_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.aligner.parameters(), 1.0)
+        self.aligner_opt.step()
+        return float(loss.detach())
+
+    def _student_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        from armada_ray.model import armada_loss, baseline_loss
+
+        out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if self.distill:
+            targets = self._aligner_targets(batch["teacher"])
+            loss, comps = armada_loss(out, targets, batch["labels"], self.cfg.loss, regression=self.regression)
+        else:
+            loss = baseline_loss(out, batch["labels"], regression=self.regression)
+            comps = {}
+        self.engine.backward(loss)
+        self.engine.step()
+        return {"loss": float(loss.detach()), **{f"loss_{k}": float(v) for k, v in comps.items() if k != "loss"}}
+
+    def _progress(self, phase: str, epoch: int, i: int, n: int, losses: list[float], t0: float) -> None:
+        self.state["global_step"] += 1
+        every = self.cfg.train.report_every
+        if self.rank != 0 or ((i + 1) % every and i + 1 != n):
+            return
+        recent = float(np.mean(losses[-every:]))
+        rate = (i + 1) * self.cfg.train.batch_size * self.world / max(time.perf_counter() - t0, 1e-9)
+        self.session.log(f"epoch {epoch + 1}/{self.cfg.train.epochs} {phase} step {i + 1}/{n} "
+                         f"loss {recent:.4f} ({rate:.1f} samples/s)")
+        if self.tracker is not None:
+            self.tracker.log_metrics({f"{phase}_loss": recent, f"{phase}_samples_per_s": rate},
+                                     step=self.state["global_step"])
+
+    def _limit(self, loader: DataLoader) -> int:
+        n = len(loader)
+        cap = self.cfg.train.max_steps_per_epoch
+        return min(n, cap) if cap else n
+
+    def aligner_epoch(self, epoch: int) -> dict[str, float]:
+        if self.aligner_opt is None:
+            return {}
+        loader = self._loader("train", shuffle=True, epoch=epoch)
+        n, losses, t0 = self._limit(loader), [], time.perf_counter()
+        for i, batch in enumerate(loader):
+            if i >= n:
+                break
+            losses.append(self._aligner_step(self._to_device(batch)))
+            self._progress("aligner", epoch, i, n, losses, t0)
+        return {"aligner_loss": float(np.mean(losses)) if losses else math.nan}
+
+    def student_epoch(self, epoch: int, joint: bool = False) -> dict[str, float]:
+        self.engine.train()
+        loader = self._loader("train", shuffle=True, epoch=epoch)
+        n, t0 = self._limit(loader), time.perf_counter()
+        records: list[dict[str, float]] = []
+        aligner_losses: list[float] = []
+        for i, batch in enumerate(loader):
+            if i >= n:
+                break
+            batch = self._to_device(batch)
+            if joint and self.aligner_opt is not None:
+                aligner_losses.append(self._aligner_step(batch))
+            rec = self._student_step(batch)
+            records.append(rec)
+            self._progress("student", epoch, i, n, [r["loss"] for r in records], t0)
+        elapsed = time.perf_counter() - t0
+        out = {k: float(np.mean([r[k] for r in records])) for k in records[0]} if records else {}
+        out = {("train_loss" if k == "loss" else k): v for k, v in out.items()}
+        if records:
+            out["first_step_loss"] = records[0]["loss"]
+        out["samples_per_s"] = len(records) * self.cfg.train.batch_size * self.world / max(elapsed, 1e-9)
+        if aligner_losses:
+            out["aligner_loss"] = float(np.mean(aligner_losses))
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _gather(self, local: list[Any]) -> list[Any]:
+        if self.world == 1:
+            return local
+        everything: list[list[Any]] = [None] * self.world  # type: ignore[list-item]
+        dist.all_gather_object(everything, local)
+        return [x for part in everything for x in part]
+
+    def evaluate(self, split: str = "dev") -> dict[str, Any]:
+        """Student (and aligner) predictions on ``split``, gathered from every rank (ZeRO-3 needs all)."""
+        from armada_ray.tasks import compute_metrics
+
+        self.engine.eval()
+        rows: list[tuple[int, float, list[float]]] = []
+        with torch.no_grad():
+            for batch in self._loader(split, shuffle=False):
+                batch = self._to_device(batch)
+                out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                s1 = out.s1.float()
+                pred = s1.squeeze(-1) if self.regression else s1.argmax(-1)
+                for j, idx in enumerate(batch["index"].tolist()):
+                    rows.append((idx, float(pred[j]), out.p_s[j].float().cpu().tolist()))
+        by_index = {idx: (pred, p_s) for idx, pred, p_s in self._gather(rows)}  # sampler padding dedups here
+        order = sorted(by_index)
+        preds = [by_index[i][0] if self.regression else int(by_index[i][0]) for i in order]
+        refs = self.splits[split].labels[order].tolist()
+        metrics = compute_metrics(self.spec, preds, refs)
+        result: dict[str, Any] = {"metrics": metrics, "dev_metric": metrics[self.spec.metric],
+                                  "preds": preds, "p_s": np.asarray([by_index[i][1] for i in order])}
+        if self.aligner is not None and self.splits[split].teacher is not None:
+            result.update(self.evaluate_aligner(split))
+        return result
+
+    def evaluate_aligner(self, split: str = "dev") -> dict[str, Any]:
+        """The aligner's own metric on ``split`` (every rank computes it on the full split: it is tiny)."""
+        from armada_ray.tasks import compute_metrics
+
+        t = torch.as_tensor(self.splits[split].teacher, device=self.device)
+        a_out = self._aligner_targets(t)
+        a_pred = a_out.t1.squeeze(-1) if self.regression else a_out.t1.argmax(-1)
+        a_preds = a_pred.float().tolist() if self.regression else a_pred.long().tolist()
+        refs = self.splits[split].labels.tolist()
+        return {"aligner_metric": compute_metrics(self.spec, a_preds, refs)[self.spec.metric],
+                "p_t": a_out.p_t.float().cpu().numpy()}
+
+    def _is_better(self, value: float, best: float | None) -> bool:
+        if best is None or math.isnan(best):
+            return not math.isnan(value)
+        return value < best if self.regression and self.spec.metric in ("mse",) else value > best
+
+    # ------------------------------------------------------------------ the schedule
+
+    def run(self) -> None:
+        cfg = self.cfg
+        start = self.state["epoch"]
+        if self.rank == 0:
+            self.session.log(
+                f"training {cfg.student.model} on {cfg.task.name} ({len(self.datasets['train'])} train / "
+                f"{len(self.datasets['dev'])} dev rows, {self.world} worker(s), loss.mode={cfg.loss.mode}, "
+                f"schedule={cfg.train.schedule}, ZeRO-{cfg.train.zero_stage}) from epoch {start + 1}"
+            )
+        for epoch in range(start, cfg.train.epochs):
+            t_epoch = time.perf_counter()
+            rec: dict[str, Any] = {"epoch": epoch + 1}
+            if self.distill and cfg.train.schedule == "alternating":
+                rec.update(self.aligner_epoch(epoch))
+                if self.aligner_opt is not None:
+                    a_metric = self.evaluate_aligner("dev")["aligner_metric"]
+                    if self._is_better(a_metric, self.state["best_aligner_metric"]):
+                        self.state["best_aligner_metric"] = a_metric
+                        self.best_aligner = copy.deepcopy(_unwrap(self.aligner).state_dict())
+                    # the student learns against the best-so-far aligner (the one that is kept)
+                    _unwrap(self.aligner).load_state_dict(self.best_aligner)
+            rec.update(self.student_epoch(epoch, joint=self.distill and cfg.train.schedule == "joint"))
+            ev = self.evaluate("dev")
+            rec["dev_metric"] = ev["dev_metric"]
+            rec.update({f"dev_{k}": v for k, v in ev["metrics"].items()})
+            if "aligner_metric" in ev:
+                rec["aligner_dev_metric"] = ev["aligner_metric"]
+                if cfg.train.schedule == "joint" and self._is_better(ev["aligner_metric"],
+                                                                      self.state["best_aligner_metric"]):
+                    self.state["best_aligner_metric"] = ev["aligner_metric"]
+                    self.best_aligner = copy.deepcopy(_unwrap(self.aligner).state_dict())
+            if self._is_better(ev["dev_metric"], self.state["best_dev_metric"]):
+                self.state["best_dev_metric"] = ev["dev_metric"]
+            rec["best_dev_metric"] = self.state["best_dev_metric"]
+            rec["epoch_s"] = time.perf_counter() - t_epoch
+            self.state["epoch"] = epoch + 1
+            self.state["history"].append(rec)
+            if self.rank == 0:
+                self._log_epoch(rec, ev)
+            self._save_checkpoint({k: v for k, v in rec.items() if isinstance(v, (int, float))})
+        if self.tracker is not None:
+            self.tracker.end("FINISHED")
+
+    def _log_epoch(self, rec: dict[str, Any], ev: dict[str, Any]) -> None:
+        parts = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float) and k != "epoch_s")
+        self.session.log(f"epoch {rec['epoch']}/{self.cfg.train.epochs} done in {rec['epoch_s']:.1f}s: {parts}")
+        if self.tracker is None:
+            return
+        self.tracker.log_metrics({k: v for k, v in rec.items() if isinstance(v, (int, float))},
+                                 step=rec["epoch"])
+        try:
+            from armada_ray import plots
+
+            history = self.state["history"]
+            self.tracker.log_figure(plots.plot_loss_components(history), "plots/loss_components.png")
+            curves = {"student dev": [h["dev_metric"] for h in history]}
+            if any("aligner_dev_metric" in h for h in history):
+                curves["aligner dev"] = [h.get("aligner_dev_metric", math.nan) for h in history]
+            self.tracker.log_figure(plots.plot_dev_curves(curves), "plots/dev_curves.png")
+            if "p_t" in ev:
+                labels = self.splits["dev"].labels
+                self.tracker.log_figure(plots.plot_embedding_map(ev["p_t"], ev["p_s"], labels),
+                                        "plots/embedding_map.png")
+        except Exception as exc:  # noqa: BLE001 - a plot must never stop training
+            self.session.log(f"warning: could not log plots ({exc})")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config`` = {"cfg": resolved config dict, "parent_run_id", "fingerprint_id"}."""
+    cfg = ArmadaConfig.model_validate(config["cfg"])  # validate at the top; read no module globals
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
+    session = Session.from_ray(teacher_fingerprint_id=config.get("fingerprint_id"))
+    ArmadaWorker(cfg, session, parent_run_id=config.get("parent_run_id")).run()

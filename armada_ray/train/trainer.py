@@ -1,0 +1,234 @@
+"""``armada train``: checks the plan on the driver, then runs the per-worker loop on a Ray Train
+``TorchTrainer`` (gloo on CPU, NCCL on GPU; DeepSpeed reuses the process group Ray Train sets up)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from armada_ray.config import ArmadaConfig, ConfigError, save_config
+from armada_ray.train.ds_config import check_ds_settings, resolve_precision
+
+# Worker processes inherit these (set on the driver before Ray starts, and in the runtime env).
+_PASS_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ARMADA_CACHE_DIR", "TORCH_EXTENSIONS_DIR",
+             "HF_HOME", "MLFLOW_TRACKING_URI")
+
+
+def resolve_run_name(cfg: ArmadaConfig) -> ArmadaConfig:
+    """Fix ``run_name``: given, the latest run of the experiment when resuming, or a new timestamped one."""
+    if cfg.run_name:
+        return cfg
+    exp_dir = cfg.work_dir / "runs" / cfg.experiment
+    if cfg.resume:
+        runs = sorted((p for p in exp_dir.glob("*") if (p / "config.yaml").exists()), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise ConfigError(f"config error: resume=true but no earlier run under {exp_dir}; set run_name=<name>")
+        return cfg.model_copy(update={"run_name": runs[-1].name})
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return cfg.model_copy(update={"run_name": f"{cfg.task.name}-{cfg.loss.mode}-{stamp}"})
+
+
+def _worker_env(cfg: ArmadaConfig) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+    env["DS_ACCELERATOR"] = "cuda" if cfg.scaling.use_gpu else "cpu"
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "armada-ray" / "torch_extensions"))
+    return env
+
+
+def check_plan(cfg: ArmadaConfig) -> dict[str, Any]:
+    """Everything that can be refused before cluster time: config conflicts, task/student mismatch, cache
+    coverage and dimension, memory fit. Raises one ConfigError listing every problem."""
+    from armada_ray.model.hub import resolve_model_path
+    from armada_ray.tasks import load_task
+    from armada_ray.train import memory
+
+    problems = check_ds_settings(cfg.train, cfg.scaling, on_gpu=cfg.scaling.use_gpu)
+    data = load_task(cfg.task)
+    plan: dict[str, Any] = {"task": cfg.task.name, "task_kind": data.spec.kind, "train_rows": len(data.train),
+                            "dev_rows": len(data.dev), "test_rows": len(data.test), "skipped_rows": len(data.skipped)}
+    model_path = resolve_model_path(cfg.student.model, cfg.student.revision)
+    shape = memory.model_shape(model_path)
+    is_encoder = shape["model_type"] in ("bert", "roberta", "deberta", "deberta-v2", "electra", "distilbert")
+    if data.spec.kind == "generative":
+        problems.append(f"config error: task.name={cfg.task.name!r} is generative; `armada train` supports "
+                        "classification and regression tasks in this release")
+    if is_encoder and cfg.student.kind == "decoder" or not is_encoder and cfg.student.kind == "encoder":
+        problems.append(f"config error: student.kind={cfg.student.kind!r} but {cfg.student.model} is a "
+                        f"{shape['model_type']} model ({'encoder' if is_encoder else 'decoder'})")
+    if is_encoder and cfg.student.pooling in ("last", "first"):
+        problems.append(f"config error: student.pooling={cfg.student.pooling!r} is for decoder students; "
+                        f"{cfg.student.model} is an encoder: allowed auto, cls, pooler")
+    if cfg.loss.mode == "armada":
+        problems += _check_cache(cfg, data)
+    on_gpu = cfg.scaling.use_gpu
+    if on_gpu:
+        available = cfg.scaling.gpu_memory_gb * cfg.scaling.memory_headroom
+        device = f"GPU ({cfg.scaling.gpu_memory_gb:g} GiB each)"
+    else:
+        import psutil
+
+        available = psutil.virtual_memory().total / memory.GIB * cfg.scaling.memory_headroom / cfg.scaling.num_workers
+        device = "CPU RAM share per worker"
+    lora = cfg.student.lora
+    est = memory.estimate(
+        shape,
+        lora_params=memory.lora_param_count(shape, lora.r, len(lora.target_modules),
+                                            len(lora.layers_to_transform) if lora.layers_to_transform else None)
+        if lora.enabled else None,
+        zero_stage=cfg.train.zero_stage, workers=cfg.scaling.num_workers,
+        precision=resolve_precision(cfg.train, on_gpu), offload=cfg.train.offload,
+        batch=cfg.train.batch_size, seq=cfg.student.max_length,
+        grad_checkpointing=cfg.student.gradient_checkpointing, available_gib=available, device=device,
+    )
+    plan["memory"] = est.as_dict()
+    if not est.fits:
+        problems.append(
+            f"plan does not fit: {cfg.student.model} ({est.params / 1e6:.0f}M params, "
+            f"{est.trainable_params / 1e6:.1f}M trainable) at ZeRO-{cfg.train.zero_stage}, "
+            f"{cfg.scaling.num_workers} worker(s), batch {cfg.train.batch_size} x seq {cfg.student.max_length}: "
+            f"~{est.total_gib:.1f} GiB per worker (weights {est.weights_gib:.1f}, grads {est.grads_gib:.1f}, "
+            f"optimizer {est.optimizer_gib:.1f}, activations {est.activations_gib:.1f}) > {est.available_gib:.1f} "
+            f"GiB available ({device}); try more workers, train.zero_stage=3, train.offload=true, LoRA, "
+            "student.gradient_checkpointing=true or a smaller batch"
+        )
+    if problems:
+        raise ConfigError(problems)
+    return plan
+
+
+def _check_cache(cfg: ArmadaConfig, data: Any) -> list[str]:
+    from armada_ray.cache import open_cache_for
+    from armada_ray.teachers.prompts import teacher_prompt
+
+    cache = open_cache_for(cfg)
+    if cache is None:
+        return [f"teacher cache: nothing cached for this teacher under {cfg.cache_root}; run `armada embed` "
+                f"for task {cfg.task.name!r} first (or loss.mode=baseline)"]
+    problems = []
+    for split in ("train", "dev"):
+        keys = {cache.key_for(teacher_prompt(cfg.teacher, data.spec, ex)) for ex in getattr(data, split)}
+        missing = cache.missing(sorted(keys))
+        if missing:
+            problems.append(
+                f"teacher cache {cache.path}: {len(missing)} of {len(keys)} {split} rows of task "
+                f"{cfg.task.name!r} have no teacher vector; run `armada embed` (quarantined rows: "
+                f"{cache.path / 'quarantine.jsonl'})"
+            )
+    declared = getattr(cfg.teacher, "dim", None)
+    if declared is not None and declared != cache.dim:
+        problems.append(f"config error: teacher.dim={declared} but the cached vectors have dimension {cache.dim}")
+    latest = _latest_checkpoint_dir(cfg)
+    if cfg.resume and latest is not None and (latest / "aligner.pt").exists():
+        import torch
+
+        dim = torch.load(latest / "aligner.pt", map_location="cpu", weights_only=False).get("teacher_dim")
+        if dim is not None and dim != cache.dim:
+            problems.append(f"resume: the checkpoint's aligner takes teacher vectors of dimension {dim}, but the "
+                            f"teacher cache holds dimension {cache.dim}; start a new run (resume=false)")
+    return problems
+
+
+def _latest_checkpoint_dir(cfg: ArmadaConfig) -> Path | None:
+    if not cfg.run_name:
+        return None
+    ckpts = sorted((cfg.run_dir / "ray").glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    return ckpts[-1] if ckpts else None
+
+
+def teacher_fingerprint_id(cfg: ArmadaConfig) -> str | None:
+    if cfg.loss.mode != "armada":
+        return None
+    from armada_ray.cache import open_cache_for
+
+    cache = open_cache_for(cfg)
+    return cache.fingerprint_id if cache is not None else None
+
+
+def build_trainer(cfg: ArmadaConfig, *, parent_run_id: str | None = None, callbacks: list[Any] | None = None,
+                  name: str = "train") -> Any:
+    """The ``TorchTrainer`` of one training run (also built per trial by the Tune driver)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from armada_ray.train.loop import train_loop_per_worker
+
+    scaling = ray.train.ScalingConfig(
+        num_workers=cfg.scaling.num_workers,
+        use_gpu=cfg.scaling.use_gpu,
+        resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
+                              **({"GPU": cfg.scaling.gpus_per_worker} if cfg.scaling.use_gpu else {})},
+    )
+    run_config = ray.train.RunConfig(
+        name=name,
+        storage_path=str(cfg.run_dir / "ray"),
+        failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="dev_metric",
+            checkpoint_score_order="max",
+        ),
+        callbacks=callbacks or None,
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "parent_run_id": parent_run_id,
+                           "fingerprint_id": teacher_fingerprint_id(cfg)},
+        scaling_config=scaling,
+        run_config=run_config,
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+    )
+
+
+def summarize_result(cfg: ArmadaConfig, result: Any, wall_s: float) -> dict[str, Any]:
+    """The facts of a finished run (paths, metrics, MLflow run id), also written to summary.json."""
+    best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get("dev_metric", float("-inf")), default=None)
+    best_path = best[0].path if best else (result.checkpoint.path if result.checkpoint else None)
+    state: dict[str, Any] = {}
+    if best_path and (Path(best_path) / "state.json").exists():
+        state = json.loads((Path(best_path) / "state.json").read_text())
+    final_state = state
+    if result.checkpoint and (Path(result.checkpoint.path) / "state.json").exists():
+        final_state = json.loads((Path(result.checkpoint.path) / "state.json").read_text())
+    summary = {
+        "run_name": cfg.run_name,
+        "run_dir": str(cfg.run_dir),
+        "best_checkpoint": best_path,
+        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "best_dev_metric": best[1].get("dev_metric") if best else None,
+        "metric": None,
+        "epochs": final_state.get("epoch"),
+        "history": final_state.get("history", []),
+        "mlflow_run_id": final_state.get("mlflow_run_id"),
+        "tracking_uri": cfg.tracking_uri if cfg.tracking.enabled else None,
+        "wall_s": round(wall_s, 1),
+    }
+    if best_path and (Path(best_path) / "task.json").exists():
+        summary["metric"] = json.loads((Path(best_path) / "task.json").read_text())["metric"]
+    (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def run_train(cfg: ArmadaConfig) -> dict[str, Any]:
+    """``armada train``: check the plan, run the TorchTrainer, print where everything went."""
+    from armada_ray.ray_utils import ensure_ray
+
+    cfg = resolve_run_name(cfg)
+    t0 = time.perf_counter()
+    plan = check_plan(cfg)
+    print(f"[armada] plan: {plan['train_rows']} train / {plan['dev_rows']} dev rows of {cfg.task.name}; "
+          f"~{plan['memory']['total_gib']:.2f} GiB per worker of {plan['memory']['available_gib']:.1f} available",
+          flush=True)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.run_dir)
+    for k, v in _worker_env(cfg).items():
+        os.environ.setdefault(k, v)
+    ensure_ray(runtime_env={"env_vars": _worker_env(cfg)})
+    result = build_trainer(cfg).fit()
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}")
+    summary = summarize_result(cfg, result, time.perf_counter() - t0)
+    print(f"[armada] best dev {summary['metric']}: {summary['best_dev_metric']} -> {summary['best_checkpoint']}")
+    return {k: v for k, v in summary.items() if k != "history"} | {"config": str(cfg.run_dir / "config.yaml")}

@@ -1,0 +1,166 @@
+"""`armada train` end to end on CPU: Ray Train (gloo, 2 workers) + DeepSpeed ZeRO-2/3, real and tiny students,
+resume, export round trip, the baseline and the ablation controls, and bad plans refused before cluster time.
+
+The teacher cache is filled by the real fan-out (`run_embed`, Ray Data) with real MiniLM stand-in vectors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from armada_ray.config import ConfigError, load_config
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+SMALL = ["task.name=pang_lee_polarity", "task.max_train=32", "task.max_dev=16", "task.max_test=16",
+         "tracking.enabled=false", "student.max_length=32", "train.batch_size=8", "train.report_every=2",
+         "teacher={kind: hf, model: minilm, stand_in: true}", "aligner.hidden=32", "aligner.proj_dim=16"]
+
+
+def cfg_for(work_dir: Path, *overrides: str):
+    return load_config(JOBS / "demo.yaml", [f"paths.work_dir={work_dir}", *SMALL, *overrides])
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory, ray_local) -> Path:
+    """A work dir whose teacher cache holds MiniLM vectors for the small task (filled by `armada embed`)."""
+    from armada_ray.embed import run_embed
+
+    wd = tmp_path_factory.mktemp("train")
+    stats = run_embed(cfg_for(wd))
+    assert stats["quarantined"] == 0 and stats["cache_rows"] >= 32 + 16
+    return wd
+
+
+def _train(work_dir: Path, *overrides: str) -> dict:
+    from armada_ray.train.trainer import run_train
+
+    return run_train(cfg_for(work_dir, *overrides))
+
+
+def _history(summary: dict) -> list[dict]:
+    return json.loads((Path(summary["run_dir"]) / "summary.json").read_text())["history"]
+
+
+@pytest.mark.slow
+def test_tiny_llama_zero2_lora_two_workers_resume_gives_the_same_next_step_loss(work_dir):
+    common = ["student.model=tiny-llama", "student.lora.layers_to_transform=null", "scaling.num_workers=2",
+              "scaling.cpus_per_worker=0.5", "train.zero_stage=2", "train.lr=0.001"]
+    full = _train(work_dir, *common, "train.epochs=2", "run_name=uninterrupted")
+    hist = _history(full)
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert all(0.0 <= h["dev_metric"] <= 1.0 for h in hist) and "aligner_dev_metric" in hist[0]
+    assert hist[0]["loss_manifold"] > 0 and hist[0]["loss_soft"] > 0
+
+    _train(work_dir, *common, "train.epochs=1", "run_name=interrupted")
+    resumed = _train(work_dir, *common, "train.epochs=2", "run_name=interrupted", "resume=true")
+    rhist = _history(resumed)
+    assert [h["epoch"] for h in rhist] == [1, 2]
+    # Stated tolerance: 1e-5 relative. The resumed run restores DeepSpeed + aligner state and every rank's RNG,
+    # and the sampler is seeded by (seed, epoch), so it sees exactly the batches the uninterrupted run saw.
+    assert rhist[1]["first_step_loss"] == pytest.approx(hist[1]["first_step_loss"], rel=1e-5)
+    assert rhist[1]["train_loss"] == pytest.approx(hist[1]["train_loss"], rel=1e-4)
+
+    # the LoRA adapter export (export.merge=false) scores what the checkpoint scored
+    from armada_ray.evaluate import evaluate_checkpoint
+    from armada_ray.export import export_checkpoint
+
+    out = export_checkpoint(Path(full["best_checkpoint"]), work_dir / "export-adapter", merge=False)
+    assert out["adapter"] and (work_dir / "export-adapter" / "adapter_config.json").exists()
+    ev = evaluate_checkpoint(cfg_for(work_dir), work_dir / "export-adapter", "dev")
+    assert ev["metric_value"] == pytest.approx(full["best_dev_metric"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_minilm_zero3_full_finetune_two_workers_and_merged_export_roundtrip(work_dir):
+    from transformers import AutoModel
+
+    from armada_ray.evaluate import evaluate_checkpoint
+    from armada_ray.export import export_checkpoint
+
+    s = _train(work_dir, "student.model=minilm", "student.lora.enabled=false", "scaling.num_workers=2",
+               "scaling.cpus_per_worker=0.5", "train.zero_stage=3", "train.epochs=1", "train.lr=0.0001",
+               "run_name=minilm-z3")
+    assert s["best_dev_metric"] is not None
+    out = export_checkpoint(Path(s["best_checkpoint"]), work_dir / "export-minilm", merge=True)
+    exp = Path(out["export_dir"])
+    assert (exp / "model.safetensors").exists() and (exp / "aligner" / "armada_aligner.safetensors").exists()
+    AutoModel.from_pretrained(str(exp))  # a plain Hugging Face folder
+    ev = evaluate_checkpoint(cfg_for(work_dir), exp, "dev")
+    assert ev["metric_value"] == pytest.approx(s["best_dev_metric"], abs=1e-9)
+    preds = [json.loads(line) for line in Path(ev["predictions"]).read_text().splitlines()]
+    assert len(preds) == ev["rows"] and {"uid", "prediction", "reference"} <= set(preds[0])
+
+
+@pytest.mark.slow
+def test_smollm2_real_student_lora_trains_through_deepspeed(work_dir):
+    s = _train(work_dir, "student.model=smollm2-135m", "student.lora.layers_to_transform=[28,29]",
+               "train.epochs=1", "train.max_steps_per_epoch=2", "scaling.cpus_per_worker=1", "run_name=smollm2")
+    hist = _history(s)
+    assert len(hist) == 1 and hist[0]["dev_metric"] >= 0 and np.isfinite(hist[0]["train_loss"])
+    assert (Path(s["best_checkpoint"]) / "deepspeed").is_dir() and (Path(s["best_checkpoint"]) / "aligner.pt").exists()
+
+
+@pytest.mark.slow
+def test_baseline_and_random_frozen_aligner_are_settings_of_the_same_loop(work_dir):
+    base = _train(work_dir, "student.model=tiny-llama", "student.lora.layers_to_transform=null", "loss.mode=baseline", "train.epochs=1", "run_name=base")
+    h = _history(base)[0]
+    assert "aligner_dev_metric" not in h and "loss_manifold" not in h
+    frozen = _train(work_dir, "student.model=tiny-llama", "student.lora.layers_to_transform=null",
+                    "aligner.freeze_random=true", "train.epochs=1",
+                    "run_name=frozen")
+    h = _history(frozen)[0]
+    assert "aligner_loss" not in h and h["loss_manifold"] > 0  # student still aligned, to a random aligner
+
+
+def test_teacher_shuffle_is_a_seeded_permutation():
+    from armada_ray.train.data import shuffle_teacher
+
+    v = np.arange(20, dtype=np.float32).reshape(10, 2)
+    a, b = shuffle_teacher(v, 7), shuffle_teacher(v, 7)
+    assert np.array_equal(a, b) and not np.array_equal(a, v)
+    assert sorted(map(tuple, a)) == sorted(map(tuple, v))
+
+
+def test_bad_plans_are_refused_before_cluster_time(work_dir):
+    from armada_ray.train.trainer import check_plan
+
+    with pytest.raises(ConfigError, match=r"have no teacher vector") as e:
+        check_plan(cfg_for(work_dir, "task.max_train=120"))
+    assert "pang_lee_polarity" in str(e.value) and " train rows" in str(e.value)
+    with pytest.raises(ConfigError, match="generative"):
+        check_plan(cfg_for(work_dir, "task.name=rg_leg_counting"))
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        check_plan(cfg_for(work_dir, "train.precision=bf16"))
+    with pytest.raises(ConfigError, match=r"plan does not fit: llama3-8b-shape \(8030M params") as e:
+        check_plan(cfg_for(work_dir, "student.model=llama3-8b-shape", "student.lora.enabled=false",
+                           "student.max_length=512", "loss.mode=baseline"))
+    assert "GiB per worker" in str(e.value) and "optimizer" in str(e.value)
+    with pytest.raises(ConfigError, match="encoder"):
+        check_plan(cfg_for(work_dir, "student.model=minilm", "student.pooling=last", "student.lora.enabled=false"))
+    with pytest.raises(ConfigError, match="nothing cached for this teacher"):
+        check_plan(cfg_for(work_dir, "teacher={kind: hf, model: minilm, pooling: cls}"))
+
+
+def test_teacher_dimension_differing_from_the_checkpoint_aligner_is_refused(work_dir, tmp_path):
+    """A resumed run whose aligner was built for D=8 refuses a cache of another dimension."""
+    import shutil
+
+    import torch
+
+    from armada_ray.cache import open_cache_for
+    from armada_ray.train.trainer import check_plan
+
+    cfg = cfg_for(work_dir, "run_name=dimcheck", "resume=true")
+    ckpt = cfg.run_dir / "ray" / "train" / "checkpoint_0"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    torch.save({"teacher_dim": 8, "best": {}, "current": {}}, ckpt / "aligner.pt")
+    try:
+        with pytest.raises(ConfigError, match=r"dimension 8.*dimension 384"):
+            check_plan(cfg)
+    finally:
+        shutil.rmtree(cfg.run_dir)
+    assert open_cache_for(cfg).dim == 384
