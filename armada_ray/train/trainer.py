@@ -182,6 +182,14 @@ def build_trainer(cfg: ArmadaConfig, *, parent_run_id: str | None = None, callba
     )
 
 
+def checkpoints_on_disk(run_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(checkpoint folder, its reported metrics) for every checkpoint a run left on disk, oldest first."""
+    found = []
+    for m in run_dir.glob("ray/*/checkpoint_*/metrics.json"):
+        found.append((m.parent, json.loads(m.read_text())))
+    return sorted(found, key=lambda pm: pm[1].get("epoch", 0))
+
+
 def summarize_result(cfg: ArmadaConfig, result: Any, wall_s: float) -> dict[str, Any]:
     """The facts of a finished run (paths, metrics, MLflow run id), also written to summary.json."""
     best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get("dev_metric", float("-inf")), default=None)

@@ -1,0 +1,101 @@
+"""`armada tune`: search-space checks, and a real sweep (Ray Tune + Ray Train + DeepSpeed) whose trials read the
+one teacher cache, with the MLflow parent/child structure, plots and registry entry read back via MlflowClient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from armada_ray.config import ConfigError, load_config
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+SMALL = ["task.name=pang_lee_polarity", "task.max_train=24", "task.max_dev=16", "task.max_test=16",
+         "student.model=tiny-llama", "student.lora.layers_to_transform=null", "student.max_length=32",
+         "aligner.hidden=32", "aligner.proj_dim=16", "train.epochs=2", "train.report_every=2",
+         "scaling.cpus_per_worker=0.9", "tune.num_samples=4", "tune.max_concurrent_trials=2"]
+
+
+def test_search_space_becomes_tune_domains_and_trials_are_overrides():
+    from ray import tune
+
+    from armada_ray.tune import build_param_space, trial_config
+
+    cfg = load_config(JOBS / "demo.yaml")
+    space = build_param_space(cfg)
+    assert set(space) == set(cfg.tune.search_space)
+    assert isinstance(space["loss.alpha"], tune.search.sample.Float)
+    trial = trial_config(cfg.model_dump(mode="json"), {"loss.alpha": 0.25, "loss.manifold": "euclid"}, "s/trial-1")
+    assert trial.loss.alpha == 0.25 and trial.loss.manifold == "euclid" and trial.run_name == "s/trial-1"
+    assert trial.student == cfg.student
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["tune.search_space={}"], "tune.search_space is empty"),
+        (["tune.metric=dev_bleu"], "tune.metric='dev_bleu' is not reported by training"),
+        (["tune.searcher=optuna", "tune.search_space={loss.beta: {type: grid, values: [1, 2]}}"], "cannot sample"),
+        (["tune.search_space={loss.alpah: {type: choice, values: [0.1]}}"], "did you mean loss.alpha"),
+        (["tune.search_space={loss.alpha: {type: choice, values: [3.0]}}"], "less than or equal to 1"),
+    ],
+)
+def test_bad_sweeps_are_refused_before_any_trial(overrides, needle):
+    from armada_ray.tune import check_sweep
+
+    cfg = load_config(JOBS / "demo.yaml", overrides)
+    with pytest.raises(ConfigError, match=needle):
+        check_sweep(cfg, ["accuracy", "macro_f1"])
+
+
+def test_tracking_server_down_at_start_is_a_clear_error(tmp_path):
+    from armada_ray.tracking import RunTracker, TrackingUnavailable
+
+    cfg = load_config(JOBS / "demo.yaml", [f"paths.work_dir={tmp_path}", "tracking.uri=http://127.0.0.1:9"])
+    with pytest.raises(TrackingUnavailable, match="127.0.0.1:9"):
+        RunTracker.start(cfg, run_name="sweep", kind="tune")
+
+
+@pytest.mark.slow
+def test_sweep_reads_one_cache_and_lands_in_mlflow_as_parent_with_children(tmp_path, ray_local):
+    from mlflow import MlflowClient
+
+    from armada_ray.embed import run_embed
+    from armada_ray.teachers.server import start_server_in_thread
+    from armada_ray.tune import run_tune
+
+    cfg = load_config(JOBS / "demo.yaml", [f"paths.work_dir={tmp_path}", *SMALL, "server.port=0",
+                                            "tune.include_baseline=true"])
+    server = start_server_in_thread(cfg.server)
+    try:
+        cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"endpoint": server.url})})
+        before = server.stats()["rows"]  # the server's own warm-up query
+        stats = run_embed(cfg)
+        calls_after_embed = server.stats()["rows"]
+        # every row queried once, plus the one-text probe embed makes before starting Ray (fail fast on 401/404)
+        assert calls_after_embed - before == stats["rows"] + 1 and stats["queried"] == stats["rows"]
+        result = run_tune(cfg)
+        # every trial read the one cache: the teacher saw no further query
+        assert server.stats()["rows"] == calls_after_embed
+    finally:
+        server.stop()
+    assert result["trials"] == 4 and result["best_dev_metric"] is not None
+    assert Path(result["export_dir"], "armada_student.json").exists()
+
+    client = MlflowClient(cfg.tracking_uri)
+    parent = client.get_run(result["mlflow_parent_run_id"])
+    exp_id = parent.info.experiment_id
+    children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 5  # 4 trials + the undistilled baseline
+    assert len({c.info.run_name for c in children}) == 5  # no duplicate runs
+    trial = next(c for c in children if "trial-" in c.info.run_name)
+    assert trial.data.tags["armada.teacher_stand_in"] == "true" and "dev_metric" in trial.data.metrics
+    assert "loss.alpha" in trial.data.params
+    history = client.get_metric_history(trial.info.run_id, "dev_metric")
+    assert len(history) >= 1
+    artifacts = {a.path for a in client.list_artifacts(trial.info.run_id, "plots")}
+    assert {"plots/loss_components.png", "plots/dev_curves.png", "plots/embedding_map.png"} <= artifacts
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/sweep_parallel_coordinates.png" in parent_artifacts
+    versions = client.search_model_versions(f"name = '{cfg.experiment}-{cfg.task.name}'")
+    assert len(versions) == 1
