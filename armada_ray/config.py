@@ -64,11 +64,17 @@ class HFTeacherConfig(_TeacherBase):
 
 class DiffusionTeacherConfig(_TeacherBase):
     kind: Literal["diffusion"] = "diffusion"
-    model: str = Field("CompVis/stable-diffusion-v1-4", description="diffusers pipeline id or folder, or 'tiny'.")
+    model: str = Field(
+        "CompVis/stable-diffusion-v1-4",
+        description="diffusers pipeline id or folder, or a random-weight offline shape: 'tiny', 'sd-v1-shape'.",
+    )
     revision: str | None = None
     lora: str | None = Field(None, description="Optional LoRA weights (folder or hub id) loaded into the UNet.")
     steps: int = Field(20, ge=1, le=1000)
-    image_size: int = Field(128, ge=8)
+    image_size: int = Field(128, ge=8, description="Side of the image img2img starts from (the paper: 128).")
+    txt2img_size: int | None = Field(
+        None, ge=8, description="Side of the txt2img image before the resize (None: the model's default, 512 for SD-v1)."
+    )
     strength: float = Field(0.75, gt=0.0, le=1.0)
     guidance_scale: float = Field(7.5, ge=0.0)
     seed: int = 0
@@ -93,6 +99,14 @@ class HttpTeacherConfig(_TeacherBase):
     backoff_base_s: float = Field(0.25, gt=0)
     backoff_max_s: float = Field(20.0, gt=0)
     price_per_1k_tokens: float | None = Field(None, ge=0)
+
+
+def _default_kind(data: Any, key: str, kind: str) -> Any:
+    """Let ``teacher.x=...`` overrides (or YAML) omit ``kind``: the section default's kind applies."""
+    if isinstance(data, dict) and isinstance(data.get(key), dict) and "kind" not in data[key]:
+        data = dict(data)
+        data[key] = {"kind": kind, **data[key]}
+    return data
 
 
 TeacherConfig = Annotated[
@@ -229,6 +243,9 @@ class EmbedConfig(_Section):
     num_gpus_per_actor: float = Field(0.0, ge=0)
     batch_size: int = Field(32, ge=1, description="Rows per map_batches call.")
     max_chars: int = Field(20000, ge=1, description="Longer prompts are quarantined as over-long.")
+    flush_every_s: float = Field(
+        5.0, gt=0, description="Write a cache shard at least this often (a killed job loses at most this much)."
+    )
 
 
 class ServerConfig(_Section):
@@ -240,10 +257,26 @@ class ServerConfig(_Section):
     rate_limit_error_rate: float = Field(0.0, ge=0.0, le=1.0, description="Injected 429 fraction.")
     malformed_rate: float = Field(0.0, ge=0.0, le=1.0, description="Injected malformed-body fraction.")
     latency_s: float = Field(0.0, ge=0.0)
-    model_name: str = Field("teacher", description="Name served in /v1/models.")
-    teacher: HFTeacherConfig = Field(
-        default_factory=lambda: HFTeacherConfig(stand_in=True), description="The local teacher it hosts."
+    rate_limit_burst: float | None = Field(
+        None, ge=1.0, description="Requests the limiter lets through at once (default max(1, rate_limit_rps/4))."
     )
+    retry_after_s: float | None = Field(
+        None, ge=0.0, description="Retry-After of injected 429s (default: the rate limiter's real wait)."
+    )
+    bad_vector_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Injected fraction of rows answered with a NaN or wrong-length vector."
+    )
+    fault_seed: int = Field(0, description="Seed of the fault-injection draws.")
+    model_name: str = Field("teacher", description="Name served in /v1/models.")
+    teacher: Annotated[Union[HFTeacherConfig, DiffusionTeacherConfig], Field(discriminator="kind")] = Field(
+        default_factory=lambda: HFTeacherConfig(stand_in=True),
+        description="The local teacher it hosts (kind hf or diffusion; a diffusion teacher also serves images).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_kind(cls, data: Any) -> Any:
+        return _default_kind(data, "teacher", "hf")
 
 
 class ExportConfig(_Section):
@@ -275,6 +308,11 @@ class ArmadaConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_kind(cls, data: Any) -> Any:
+        return _default_kind(data, "teacher", "http")
 
     # ---- derived locations (DESIGN §5)
     @property

@@ -1,0 +1,64 @@
+"""Ray start-up shared by the orchestration modules (embed, train, tune).
+
+``ensure_ray()`` connects once per process: to ``$RAY_ADDRESS`` when set (a cluster, or the one a
+``ray job submit`` driver runs in), else to a private local instance started with
+``ray.init(address="local")`` (dashboard on loopback: the state API needs it). A bare ``ray.init()`` would join whatever
+``/tmp/ray/ray_current_cluster`` points to, and hangs when that cluster was killed (see NOTES.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Initialise Ray unless it already is; returns ``{"address", "started_local"}``."""
+    import ray
+
+    if ray.is_initialized():
+        return {"address": os.environ.get("RAY_ADDRESS") or "local", "started_local": False}
+    kwargs.setdefault("configure_logging", False)
+    kwargs.setdefault("log_to_driver", True)
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address and address != "local":
+        ray.init(address=address, **kwargs)
+        return {"address": address, "started_local": False}
+    if num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    # The dashboard's API server backs the state API, which Ray Train V2's PlacementGroupCleaner uses to see
+    # that a controller died (e.g. a Tune trial stopped by ASHA); without it the trial's placement group is
+    # never released and later trials wait forever. Loopback only.
+    kwargs.setdefault("include_dashboard", True)
+    kwargs.setdefault("dashboard_host", "127.0.0.1")
+    runtime_env = dict(kwargs.pop("runtime_env", None) or {})
+    runtime_env.setdefault("worker_process_setup_hook", "armada_ray.ray_utils.pin_ray_address")
+    ray.init(address="local", runtime_env=runtime_env, **kwargs)
+    return {"address": "local", "started_local": True}
+
+
+def pin_ray_address() -> None:
+    """Worker setup hook: point the worker's state-API clients at its own cluster.
+
+    Without it, ``ray.util.state`` inside a worker auto-detects clusters from the running processes and fails
+    with "Found multiple active Ray instances" when two local instances share the machine.
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+def unwrap_ray_error(exc: BaseException) -> BaseException:
+    """The user-level exception inside Ray's wrappers (RayTaskError, UserCodeException, ...)."""
+    seen = set()
+    cur: BaseException | None = exc
+    best = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if not type(cur).__module__.startswith("ray"):
+            best = cur
+        nxt = getattr(cur, "cause", None)
+        if not isinstance(nxt, BaseException):
+            nxt = cur.__cause__ or cur.__context__
+        cur = nxt
+    return best
