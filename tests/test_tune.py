@@ -72,8 +72,8 @@ def test_sweep_reads_one_cache_and_lands_in_mlflow_as_parent_with_children(tmp_p
         before = server.stats()["rows"]  # the server's own warm-up query
         stats = run_embed(cfg)
         calls_after_embed = server.stats()["rows"]
-        # every row queried once, plus the one-text probe embed makes before starting Ray (fail fast on 401/404)
-        assert calls_after_embed - before == stats["rows"] + 1 and stats["queried"] == stats["rows"]
+        # every row queried exactly once (the fail-fast probe sends a real row and its vector is kept)
+        assert calls_after_embed - before == stats["rows"] == stats["queried"]
         result = run_tune(cfg)
         # every trial read the one cache: the teacher saw no further query
         assert server.stats()["rows"] == calls_after_embed

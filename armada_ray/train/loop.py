@@ -40,6 +40,7 @@ from armada_ray.train.ds_config import build_ds_config
 from armada_ray.train.session import Session
 
 CKPT_TAG = "state"
+WARMUP_STEPS = 2
 
 
 def _seed_all(seed: int) -> None:
@@ -265,13 +266,16 @@ class ArmadaWorker:
         n, t0 = self._limit(loader), time.perf_counter()
         records: list[dict[str, float]] = []
         aligner_losses: list[float] = []
+        step_times: list[float] = []
         for i, batch in enumerate(loader):
             if i >= n:
                 break
             batch = self._to_device(batch)
+            t_step = time.perf_counter()
             if joint and self.aligner_opt is not None:
                 aligner_losses.append(self._aligner_step(batch))
             rec = self._student_step(batch)
+            step_times.append(time.perf_counter() - t_step)
             records.append(rec)
             self._progress("student", epoch, i, n, [r["loss"] for r in records], t0)
         elapsed = time.perf_counter() - t0
@@ -280,8 +284,14 @@ class ArmadaWorker:
         if records:
             out["first_step_loss"] = records[0]["loss"]
         out["samples_per_s"] = len(records) * self.cfg.train.batch_size * self.world / max(elapsed, 1e-9)
+        # steady-state step time: the first steps (allocator, autotuning, lazy init) are excluded
+        steady = step_times[WARMUP_STEPS:] or step_times
+        if steady:
+            out["step_s_median"] = float(np.median(steady))
         if aligner_losses:
             out["aligner_loss"] = float(np.mean(aligner_losses))
+        if self.device.type == "cuda":
+            out["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return out
 
     # ------------------------------------------------------------------ evaluation
