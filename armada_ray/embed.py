@@ -26,6 +26,7 @@ import math
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -412,6 +413,31 @@ def embed_prompts(cfg: ArmadaConfig, rows: list[dict[str, str]], *, log: Callabl
 
 def run_embed(cfg: ArmadaConfig) -> dict[str, Any]:
     """``armada embed``: load the task, embed every prompt not yet cached, report."""
+    from armada_ray.preflight import preflight_if_submitted
+
+    preflight_if_submitted(cfg, "embed")  # a `ray job submit` entrypoint checks its plan before any work
     rows, summary = task_prompts(cfg)
     print(f"embed: task {summary['task']} {summary['splits']}", flush=True)
-    return embed_prompts(cfg, rows, log=lambda s: print(s, flush=True), extra=summary)
+    stats = embed_prompts(cfg, rows, log=lambda s: print(s, flush=True), extra=summary)
+    return {**stats, **_track_embed(cfg, stats)}
+
+
+def _track_embed(cfg: ArmadaConfig, stats: dict[str, Any]) -> dict[str, Any]:
+    """Record the embed job as an MLflow run (stats as metrics, the cache as dataset input); best effort:
+    a tracking problem never costs an embedding job that has already paid for its queries."""
+    from armada_ray.cache import MANIFEST
+    from armada_ray.tracking import RunTracker, standard_tags
+
+    try:
+        tracker = RunTracker.start(cfg, run_name=f"embed-{cfg.task.name}", kind="embed",
+                                   tags=standard_tags(cfg, stats["fingerprint_id"]), local_dir=Path(stats["cache_path"]))
+    except ConfigError as exc:
+        print(f"embed: warning: not tracked in MLflow ({exc})", flush=True)
+        return {}
+    tracker.log_params({"task.name": cfg.task.name, "teacher.kind": cfg.teacher.kind, "teacher.model": cfg.teacher.model,
+                        "embed.concurrency": cfg.embed.concurrency})
+    tracker.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                        step=0)
+    tracker.log_cache_dataset(Path(stats["cache_path"]) / MANIFEST, name=f"teacher-cache-{stats['fingerprint_id']}")
+    tracker.end("FINISHED")
+    return {"mlflow_run_id": tracker.run_id}

@@ -77,8 +77,18 @@ def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_d
 
 
 def run_eval(cfg: ArmadaConfig) -> dict[str, Any]:
+    """``armada eval``: score, write predictions, and record the evaluation as an MLflow run."""
+    from armada_ray.tracking import RunTracker, standard_tags
+
     path = cfg.eval.checkpoint or best_checkpoint_of(cfg)
-    return evaluate_checkpoint(cfg, Path(path), cfg.eval.split)
+    result = evaluate_checkpoint(cfg, Path(path), cfg.eval.split)
+    tracker = RunTracker.start(cfg, run_name=f"eval-{cfg.task.name}-{cfg.eval.split}", kind="eval",
+                               tags=standard_tags(cfg, None), local_dir=Path(path))
+    tracker.log_params({"eval.checkpoint": str(path), "eval.split": cfg.eval.split, "task.name": cfg.task.name})
+    tracker.log_metrics({f"{cfg.eval.split}_{k}": v for k, v in result["metrics"].items()}, step=0)
+    tracker.log_artifact(result["predictions"])
+    tracker.end("FINISHED")
+    return {**result, "mlflow_run_id": tracker.run_id, "mlflow_url": tracker.url}
 
 
 __all__ = ["evaluate_checkpoint", "load_for_eval", "predict", "run_eval"]

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -22,6 +23,8 @@ def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
     kwargs.setdefault("log_to_driver", True)
     address = os.environ.get("RAY_ADDRESS", "").strip()
     if address and address != "local":
+        if "runtime_env" in kwargs:
+            kwargs["runtime_env"] = _without_job_env_vars(kwargs["runtime_env"])
         ray.init(address=address, **kwargs)
         return {"address": address, "started_local": False}
     if num_cpus is not None:
@@ -35,6 +38,25 @@ def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
     runtime_env.setdefault("worker_process_setup_hook", "armada_ray.ray_utils.pin_ray_address")
     ray.init(address="local", runtime_env=runtime_env, **kwargs)
     return {"address": "local", "started_local": True}
+
+
+def _without_job_env_vars(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Drop env vars that a submitted job's own runtime env already sets.
+
+    In a ``ray job submit`` entrypoint, Ray merges ``ray.init(runtime_env=...)`` into the job's runtime env and
+    refuses any env var named in both ("Failed to merge the Job's runtime env ... because of a conflict"). The
+    job's values are already this process's environment, so they are the ones the workers get anyway.
+    """
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw or not runtime_env or not runtime_env.get("env_vars"):
+        return runtime_env
+    try:
+        job_vars = (json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}
+    except (ValueError, AttributeError):
+        return runtime_env
+    env_vars = {k: v for k, v in runtime_env["env_vars"].items() if k not in job_vars}
+    return {**runtime_env, "env_vars": env_vars} if env_vars else {k: v for k, v in runtime_env.items()
+                                                                   if k != "env_vars"}
 
 
 def pin_ray_address() -> None:

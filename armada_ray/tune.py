@@ -218,11 +218,13 @@ def resolve_sweep_name(cfg: ArmadaConfig) -> ArmadaConfig:
 def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
     """``armada tune``: check, open the parent MLflow run, sweep, report and export the best trial."""
     from armada_ray import plots
+    from armada_ray.preflight import preflight_if_submitted
     from armada_ray.ray_utils import ensure_ray
     from armada_ray.tasks import get_task
     from armada_ray.tracking import RunTracker, standard_tags
     from armada_ray.train.trainer import _worker_env, check_plan, teacher_fingerprint_id
 
+    preflight_if_submitted(cfg, "tune")  # a `ray job submit` entrypoint checks its plan before any work
     cfg = resolve_sweep_name(cfg)
     spec = get_task(cfg.task.name)
     check_sweep(cfg, [spec.metric, *getattr(spec, "extra_metrics", [])])
@@ -232,6 +234,11 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
                                tags=standard_tags(cfg, teacher_fingerprint_id(cfg)))
               if cfg.tracking.enabled else RunTracker.disabled(cfg))
     parent.log_config(cfg)
+    from armada_ray.cache import MANIFEST, open_cache_for
+
+    cache = open_cache_for(cfg) if cfg.loss.mode == "armada" else None
+    if cache is not None:
+        parent.log_cache_dataset(cache.path / MANIFEST, name=f"teacher-cache-{cache.fingerprint_id}")
     import os
 
     for k, v in _worker_env(cfg).items():

@@ -154,6 +154,12 @@ class ArmadaWorker:
             return RunTracker.disabled(cfg)
         if self.state.get("mlflow_run_id") is None:
             tracker.log_config(cfg)
+            if self.distill:
+                from armada_ray.cache import MANIFEST, open_cache_for
+
+                cache = open_cache_for(cfg)
+                if cache is not None:
+                    tracker.log_cache_dataset(cache.path / MANIFEST, name=f"teacher-cache-{cache.fingerprint_id}")
         self.state["mlflow_run_id"] = tracker.run_id
         return tracker
 
@@ -419,4 +425,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = ArmadaConfig.model_validate(config["cfg"])  # validate at the top; read no module globals
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
     session = Session.from_ray(teacher_fingerprint_id=config.get("fingerprint_id"))
+    session.log(session.placement())  # which node each rank runs on, visible in the job's logs
     ArmadaWorker(cfg, session, parent_run_id=config.get("parent_run_id")).run()

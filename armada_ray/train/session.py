@@ -41,5 +41,15 @@ class Session:
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
+    def placement(self) -> str:
+        """Where this rank runs (Ray node id, host, IP), for the job's logs."""
+        import socket
+
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        return (f"placement: rank {self.rank} of {self.world_size} on node_id={node} "
+                f"host={socket.gethostname()} ip={ray.util.get_node_ip_address()}")
+
     def log(self, message: str) -> None:
         print(f"[armada rank {self.rank}] {message}", file=sys.stdout, flush=True)

@@ -221,7 +221,10 @@ def summarize_result(cfg: ArmadaConfig, result: Any, wall_s: float) -> dict[str,
 
 def run_train(cfg: ArmadaConfig) -> dict[str, Any]:
     """``armada train``: check the plan, run the TorchTrainer, print where everything went."""
+    from armada_ray.preflight import preflight_if_submitted
     from armada_ray.ray_utils import ensure_ray
+
+    preflight_if_submitted(cfg, "train")  # a `ray job submit` entrypoint checks its plan before any work
 
     cfg = resolve_run_name(cfg)
     t0 = time.perf_counter()
