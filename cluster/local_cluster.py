@@ -362,7 +362,7 @@ def _main(argv: list[str] | None = None) -> int:
         print("client environment (for `ray job submit --address " + str(c.dashboard_url) + " ...`):")
         for k, v in c._auth_env().items():
             print(f"  export {k}={v}")
-        print(f"stop it with: python {Path(__file__).name} stop --state-dir {c.state_path}")
+        print(f"stop it with: python {Path(__file__).resolve()} stop --state-dir {c.state_path}")
         return 0
     if args.cmd == "status":
         state = json.loads((Path(args.state_dir) / STATE_FILE).read_text())
