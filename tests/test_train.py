@@ -135,7 +135,8 @@ def test_bad_plans_are_refused_before_cluster_time(work_dir):
         check_plan(cfg_for(work_dir, "task.name=rg_leg_counting"))
     with pytest.raises(ConfigError, match="needs a GPU"):
         check_plan(cfg_for(work_dir, "train.precision=bf16"))
-    with pytest.raises(ConfigError, match=r"plan does not fit: llama3-8b-shape \(8030M params") as e:
+    # 7505M: the classification student loads the backbone without its LM head (AutoModel)
+    with pytest.raises(ConfigError, match=r"plan does not fit: llama3-8b-shape \(7505M params") as e:
         check_plan(cfg_for(work_dir, "student.model=llama3-8b-shape", "student.lora.enabled=false",
                            "student.max_length=512", "loss.mode=baseline"))
     assert "GiB per worker" in str(e.value) and "optimizer" in str(e.value)
