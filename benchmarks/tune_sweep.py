@@ -52,6 +52,10 @@ def main() -> None:
         rows_before = server.stats()["rows"]
         stats = run_embed(cfg)
         walls = {}
+        # untimed warm-up sweep (1 trial): the first Train run of a process pays one-time costs (worker
+        # start-up, imports, model files into the page cache) that would otherwise land on whichever sweep ran first
+        run_tune(cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"num_samples": 1}),
+                                        "run_name": "sweep-warmup"}))
         for conc in (2, 1):
             c = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"max_concurrent_trials": conc}),
                                        "run_name": f"sweep-c{conc}"})
