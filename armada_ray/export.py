@@ -39,8 +39,8 @@ def load_checkpoint_student(ckpt: Path) -> tuple[Any, Any, ArmadaConfig, dict[st
                                        task_kind=task["kind"])
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "deepspeed"), tag=CKPT_TAG)
     missing, unexpected = student.load_state_dict(state, strict=False)
-    trainable_missing = [k for k in missing if dict(student.named_parameters()).get(k) is not None
-                         and dict(student.named_parameters())[k].requires_grad]
+    params = dict(student.named_parameters())
+    trainable_missing = [k for k in missing if k in params and params[k].requires_grad]
     if unexpected or trainable_missing:
         raise RuntimeError(f"{ckpt}: checkpoint does not match the student built from its config "
                            f"(unexpected {unexpected[:3]}, missing trained {trainable_missing[:3]})")

@@ -194,12 +194,12 @@ def summarize_result(cfg: ArmadaConfig, result: Any, wall_s: float) -> dict[str,
     """The facts of a finished run (paths, metrics, MLflow run id), also written to summary.json."""
     best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get("dev_metric", float("-inf")), default=None)
     best_path = best[0].path if best else (result.checkpoint.path if result.checkpoint else None)
-    state: dict[str, Any] = {}
-    if best_path and (Path(best_path) / "state.json").exists():
-        state = json.loads((Path(best_path) / "state.json").read_text())
-    final_state = state
-    if result.checkpoint and (Path(result.checkpoint.path) / "state.json").exists():
-        final_state = json.loads((Path(result.checkpoint.path) / "state.json").read_text())
+    # the latest checkpoint holds the whole history (the best one only up to its epoch)
+    final_state: dict[str, Any] = {}
+    for path in (result.checkpoint.path if result.checkpoint else None, best_path):
+        if path and (Path(path) / "state.json").exists():
+            final_state = json.loads((Path(path) / "state.json").read_text())
+            break
     summary = {
         "run_name": cfg.run_name,
         "run_dir": str(cfg.run_dir),
