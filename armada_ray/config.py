@@ -287,6 +287,10 @@ class ExportConfig(_Section):
 class EvalConfig(_Section):
     split: Literal["dev", "test"] = "dev"
     checkpoint: Path | None = Field(None, description="A checkpoint or export folder (default: the run's best).")
+    max_new_tokens: int = Field(
+        32, ge=1, le=4096, description="Generative tasks: tokens generated per answer (greedy), in dev eval too."
+    )
+    batch_size: int = Field(16, ge=1, description="Rows per forward/generate call in `armada eval`.")
 
 
 class ArmadaConfig(_Section):

@@ -38,6 +38,16 @@ def predict(student: Any, tokenizer: Any, prompts: list[str], max_length: int, r
     return preds
 
 
+def generate_answers(student: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+                     batch_size: int = 16) -> list[str]:
+    """A generative student's greedy answers to task prompts (with the answer cue training used)."""
+    from armada_ray.train.data import lm_prompt
+
+    texts = student.generate([lm_prompt(p) for p in prompts], tokenizer=tokenizer, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size)
+    return [t.strip() for t in texts]
+
+
 def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_dir: Path | None = None) -> dict[str, Any]:
     """Metrics of ``path`` on ``split`` of ``cfg.task``; predictions land in ``predictions-<split>.jsonl``."""
     from armada_ray.tasks import compute_metrics, example_prompt, load_task
@@ -47,7 +57,8 @@ def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_d
     data = load_task(cfg.task)
     spec = data.spec
     regression = spec.kind == "regression"
-    expected = 1 if regression else len(spec.labels or [])
+    generative = spec.kind == "generative"
+    expected = len(spec.choices or []) if generative else 1 if regression else len(spec.labels or [])
     if task["kind"] != spec.kind or task["num_classes"] != expected:
         raise ConfigError(
             f"student/task mismatch: {path} was trained for {task['task']!r} ({task['kind']}, "
@@ -58,15 +69,19 @@ def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_d
     if not rows:
         raise ConfigError(f"task {cfg.task.name!r}: the {split} split is empty")
     prompts = [example_prompt(spec, ex) for ex in rows]
-    preds = predict(student, tokenizer, prompts, cfg.student.max_length, regression)
-    refs = [ex.label for ex in rows]
+    if generative:
+        preds = generate_answers(student, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        refs = [ex.answer for ex in rows]
+    else:
+        preds = predict(student, tokenizer, prompts, cfg.student.max_length, regression, cfg.eval.batch_size)
+        refs = [ex.label for ex in rows]
     metrics = compute_metrics(spec, preds, refs)
     out_dir = Path(out_dir) if out_dir else path
     out_file = out_dir / f"predictions-{split}.jsonl"
     with open(out_file, "w") as f:
-        for ex, p in zip(rows, preds):
-            label = p if regression else spec.labels[int(p)]
-            f.write(json.dumps({"uid": ex.uid, "prediction": label, "reference": ex.label}) + "\n")
+        for ex, p, ref in zip(rows, preds, refs):
+            label = p if regression or generative else spec.labels[int(p)]
+            f.write(json.dumps({"uid": ex.uid, "prediction": label, "reference": ref}) + "\n")
     result = {"checkpoint": str(path), "task": cfg.task.name, "split": split, "rows": len(rows),
               "metric": spec.metric, "metric_value": float(metrics[spec.metric]),
               "metrics": {k: float(v) for k, v in metrics.items()}, "predictions": str(out_file)}
@@ -91,4 +106,4 @@ def run_eval(cfg: ArmadaConfig) -> dict[str, Any]:
     return {**result, "mlflow_run_id": tracker.run_id, "mlflow_url": tracker.url}
 
 
-__all__ = ["evaluate_checkpoint", "load_for_eval", "predict", "run_eval"]
+__all__ = ["evaluate_checkpoint", "generate_answers", "load_for_eval", "predict", "run_eval"]

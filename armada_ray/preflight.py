@@ -157,9 +157,6 @@ def _check_config(cfg: ArmadaConfig, command: str, check: Check) -> None:
 
     problems = check_ds_settings(cfg.train, cfg.scaling, on_gpu=cfg.scaling.use_gpu)
     spec = get_task(cfg.task.name)
-    if command in ("train", "tune") and spec.kind == "generative":
-        problems.append(f"task.name={cfg.task.name!r} is generative; `armada {command}` supports classification "
-                        "and regression tasks in this release")
     if command == "tune":
         from armada_ray.tune import check_sweep
 

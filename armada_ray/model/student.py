@@ -416,8 +416,8 @@ class GenerativeStudent(_StudentBase):
         if tok is None:
             raise ValueError("generate: no tokenizer (pass tokenizer= or build the student with build_student)")
         device = next(self.backbone.parameters()).device
-        old_side, was_training = tok.padding_side, self.training
-        tok.padding_side = "left"
+        old_side, old_trunc, was_training = tok.padding_side, tok.truncation_side, self.training
+        tok.padding_side = tok.truncation_side = "left"  # an over-long prompt keeps its end (the question)
         self.eval()
         texts: list[str] = []
         try:
@@ -433,7 +433,7 @@ class GenerativeStudent(_StudentBase):
                 )
                 texts += tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         finally:
-            tok.padding_side = old_side
+            tok.padding_side, tok.truncation_side = old_side, old_trunc
             self.train(was_training)
         return texts
 

@@ -5,6 +5,12 @@ splits are small next to the model (thousands to a few hundred thousand short te
 schedule walks the same examples twice per epoch (aligner epoch over teacher vectors, then student
 epoch), and a sampler seeded by (seed, epoch) makes every epoch's order reproducible, which is what lets
 a resumed run see exactly the batches an uninterrupted run would have seen.
+
+Generative tasks (reasoning, instructions) become prompt+answer sequences for a causal-LM student: the
+prompt is the task prompt followed by an answer cue (:func:`lm_prompt`), the answer is the target text plus
+EOS, and the LM labels are -100 on the prompt and on padding, so the loss covers the answer tokens only.
+A task with a fixed answer set (``spec.choices``) also gets a class id per row for the class heads and the
+aligner (-1 where the answer is none of the choices: those rows still train the LM loss).
 """
 
 from __future__ import annotations
@@ -27,6 +33,26 @@ class SplitArrays:
     prompts: list[str]
     labels: np.ndarray
     teacher: np.ndarray | None
+    answers: list[str] | None = None  # generative tasks: the target texts
+
+
+ANSWER_CUE = "\nanswer:"
+
+
+def lm_prompt(prompt: str) -> str:
+    """What a generative student continues: the task prompt, then an answer cue (training, eval, export)."""
+    return f"{prompt}{ANSWER_CUE}"
+
+
+def choice_label(answer: str, choices: list[str] | None) -> int:
+    """The class id of a generative answer in a fixed answer set; -1 when there is no set or no match."""
+    if not choices:
+        return -1
+    from armada_ray.tasks.metrics import normalize_text
+
+    norm = [normalize_text(c) for c in choices]
+    key = normalize_text(answer)
+    return norm.index(key) if key in norm else -1
 
 
 class ArmadaDataset(Dataset):
@@ -67,6 +93,49 @@ class ArmadaDataset(Dataset):
         return out
 
 
+class GenerativeDataset(ArmadaDataset):
+    """Prompt+answer sequences with LM labels on the answer only (see the module docstring).
+
+    Over-long rows: the answer keeps at least half of ``max_length`` (its tail is cut), and the prompt keeps
+    its last tokens (the question usually ends a prompt), so every row supervises some answer tokens.
+    """
+
+    def __init__(self, split: SplitArrays, tokenizer: Any, max_length: int):
+        if split.answers is None:
+            raise ValueError("GenerativeDataset needs the split's answers")
+        prompts = tokenizer([lm_prompt(p) for p in split.prompts], add_special_tokens=True)["input_ids"]
+        answers = tokenizer([" " + a for a in split.answers], add_special_tokens=False)["input_ids"]
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        self.input_ids, self.answer_len = [], []
+        for p, a in zip(prompts, answers):
+            a = a + eos
+            a = a[: max(max_length - len(p), max_length // 2)]
+            p = p[-(max_length - len(a)):]
+            self.input_ids.append(p + a)
+            self.answer_len.append(len(a))
+        self.labels = split.labels
+        self.teacher = split.teacher
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**super().__getitem__(i), "answer_len": self.answer_len[i]}
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        out = super().collate(rows)
+        lm_labels = torch.full_like(out["input_ids"], -100)
+        for j, r in enumerate(rows):
+            n = len(r["input_ids"])
+            lm_labels[j, n - r["answer_len"]: n] = out["input_ids"][j, n - r["answer_len"]: n]
+        out["lm_labels"] = lm_labels
+        return out
+
+
+def make_dataset(split: SplitArrays, tokenizer: Any, max_length: int) -> ArmadaDataset:
+    """The torch dataset of a split: prompt+answer sequences for generative tasks, prompts otherwise."""
+    cls = GenerativeDataset if split.answers is not None else ArmadaDataset
+    return cls(split, tokenizer, max_length)
+
+
 def teacher_vectors_for(cfg: ArmadaConfig, split_name: str, prompts: list[str]) -> np.ndarray:
     """Look up the teacher vector of every prompt; a gap is a ConfigError naming how many and which task."""
     from armada_ray.cache import open_cache_for
@@ -100,11 +169,7 @@ def build_splits(cfg: ArmadaConfig, with_teacher: bool) -> tuple[Any, dict[str, 
 
     data = load_task(cfg.task)
     spec = data.spec
-    if spec.kind == "generative":
-        raise ConfigError(
-            f"task.name={cfg.task.name!r} is a generative task; `armada train` trains classification and "
-            "regression tasks in this release (generative ARMADA training is not available yet)"
-        )
+    generative = spec.kind == "generative"
     splits: dict[str, SplitArrays] = {}
     for name in ("train", "dev", "test"):
         rows = getattr(data, name)
@@ -115,11 +180,16 @@ def build_splits(cfg: ArmadaConfig, with_teacher: bool) -> tuple[Any, dict[str, 
         from armada_ray.tasks import example_prompt
 
         prompts = [example_prompt(spec, ex) for ex in rows]
-        labels = np.asarray([ex.label for ex in rows], dtype=np.float32 if spec.kind == "regression" else np.int64)
+        if generative:
+            labels = np.asarray([choice_label(ex.answer or "", spec.choices) for ex in rows], dtype=np.int64)
+        else:
+            labels = np.asarray([ex.label for ex in rows],
+                                dtype=np.float32 if spec.kind == "regression" else np.int64)
         teacher = None
         if with_teacher and name in ("train", "dev"):
             teacher = teacher_vectors_for(cfg, name, [teacher_prompt(cfg.teacher, spec, ex) for ex in rows])
             if name == "train" and cfg.teacher.shuffle:
                 teacher = shuffle_teacher(teacher, cfg.teacher.shuffle_seed)
-        splits[name] = SplitArrays([ex.uid for ex in rows], prompts, labels, teacher)
+        answers = [ex.answer or "" for ex in rows] if generative else None
+        splits[name] = SplitArrays([ex.uid for ex in rows], prompts, labels, teacher, answers)
     return spec, splits

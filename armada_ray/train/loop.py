@@ -10,6 +10,13 @@ then runs the schedule of DESIGN §2:
   against the best-so-far aligner (by dev metric), which is the one kept and exported.
 - ``joint``: one aligner step and one student step per batch.
 
+Generative tasks (reasoning, instructions) run the same schedule with a ``GenerativeStudent``: LM loss on the
+answer tokens plus the manifold loss on the pooled prompt (``losses.generative_loss``; how the aligner is
+supervised there is in ``GenerativeStudent``'s docstring: trained on the answer class when the task has a
+fixed answer set, an untrained orthogonal projection of the teacher otherwise), and the dev metric comes
+from greedy generation (numeric exact match, exact match or ROUGE-L; ``synced_gpus`` under ZeRO-3 so
+every rank keeps stepping until the slowest finishes).
+
 Every epoch ends with a dev evaluation with the task's metric, one ``ray.train.report`` carrying the
 metrics and a checkpoint (DeepSpeed state + aligner + tokenizer + resolved config + loop state incl. the
 MLflow run id); progress lines every ``train.report_every`` steps (a report per step would cost ~2 s
@@ -35,7 +42,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from armada_ray.config import ArmadaConfig, dump_config
-from armada_ray.train.data import ArmadaDataset, build_splits
+from armada_ray.train.data import build_splits, lm_prompt, make_dataset
 from armada_ray.train.ds_config import build_ds_config
 from armada_ray.train.session import Session
 
@@ -79,12 +86,16 @@ class ArmadaWorker:
 
         self.spec, self.splits = build_splits(cfg, with_teacher=self.distill)
         self.regression = self.spec.kind == "regression"
-        self.num_classes = 1 if self.regression else len(self.spec.labels)
+        self.generative = self.spec.kind == "generative"
+        if self.generative:  # class heads only for a fixed answer set (see GenerativeStudent)
+            self.num_classes = len(self.spec.choices or [])
+        else:
+            self.num_classes = 1 if self.regression else len(self.spec.labels)
 
         student, self.tokenizer = build_student(
             cfg.student, num_classes=self.num_classes, proj_dim=cfg.aligner.proj_dim, task_kind=self.spec.kind
         )
-        self.datasets = {k: ArmadaDataset(v, self.tokenizer, cfg.student.max_length) for k, v in self.splits.items()}
+        self.datasets = {k: make_dataset(v, self.tokenizer, cfg.student.max_length) for k, v in self.splits.items()}
 
         params = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=0.0)
@@ -97,15 +108,15 @@ class ArmadaWorker:
         if self.distill:
             dim = self.splits["train"].teacher.shape[1]
             aligner = build_aligner(cfg.aligner, teacher_dim=dim, num_classes=self.num_classes).to(self.device)
-            if not cfg.aligner.freeze_random and self.world > 1:
+            # an open-answer generative task has no labels to train the aligner on: its p_t stays the seeded
+            # orthogonal projection of the teacher (GenerativeStudent's docstring says why)
+            trainable = not cfg.aligner.freeze_random and self.num_classes > 0
+            if trainable and self.world > 1:
                 aligner = torch.nn.parallel.DistributedDataParallel(
                     aligner, device_ids=[self.device.index] if self.device.type == "cuda" else None
                 )
             self.aligner = aligner
-            self.aligner_opt = (
-                None if cfg.aligner.freeze_random
-                else torch.optim.AdamW(aligner.parameters(), lr=cfg.aligner.lr)
-            )
+            self.aligner_opt = torch.optim.AdamW(aligner.parameters(), lr=cfg.aligner.lr) if trainable else None
             self.best_aligner = copy.deepcopy(_unwrap(aligner).state_dict())
 
         self.state: dict[str, Any] = {
@@ -174,7 +185,7 @@ class ArmadaWorker:
             self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
             (tmp / "task.json").write_text(json.dumps(
                 {"task": self.spec.name, "kind": self.spec.kind, "labels": self.spec.labels,
-                 "num_classes": self.num_classes, "metric": self.spec.metric}
+                 "choices": self.spec.choices, "num_classes": self.num_classes, "metric": self.spec.metric}
             ))
             if self.aligner is not None:
                 torch.save(
@@ -214,8 +225,14 @@ class ArmadaWorker:
         from armada_ray.model import aligner_loss
 
         self.aligner.train()
-        out = self.aligner(batch["teacher"])
-        loss = aligner_loss(out, batch["labels"], gamma=self.cfg.loss.gamma, regression=self.regression)
+        teacher, labels = batch["teacher"], batch["labels"]
+        if self.generative:  # rows whose answer is none of the choices (label -1) cannot supervise it
+            keep = labels >= 0
+            if not bool(keep.any()):
+                return math.nan
+            teacher, labels = teacher[keep], labels[keep]
+        out = self.aligner(teacher)
+        loss = aligner_loss(out, labels, gamma=self.cfg.loss.gamma, regression=self.regression)
         self.aligner_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.aligner.parameters(), 1.0)
@@ -223,13 +240,20 @@ class ArmadaWorker:
         return float(loss.detach())
 
     def _student_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        from armada_ray.model import armada_loss, baseline_loss
+        from armada_ray.model import armada_loss, baseline_loss, generative_loss
 
-        out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        if self.distill:
+        if self.generative:
+            out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              labels=batch["lm_labels"])
+            targets = self._aligner_targets(batch["teacher"]) if self.distill else None
+            y = batch["labels"] if self.num_classes else None
+            loss, comps = generative_loss(out, targets, self.cfg.loss, y=y, mask=None if y is None else y >= 0)
+        elif self.distill:
+            out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             targets = self._aligner_targets(batch["teacher"])
             loss, comps = armada_loss(out, targets, batch["labels"], self.cfg.loss, regression=self.regression)
         else:
+            out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             loss = baseline_loss(out, batch["labels"], regression=self.regression)
             comps = {}
         self.engine.backward(loss)
@@ -264,7 +288,7 @@ class ArmadaWorker:
                 break
             losses.append(self._aligner_step(self._to_device(batch)))
             self._progress("aligner", epoch, i, n, losses, t0)
-        return {"aligner_loss": float(np.mean(losses)) if losses else math.nan}
+        return {"aligner_loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else math.nan}
 
     def student_epoch(self, epoch: int, joint: bool = False) -> dict[str, float]:
         self.engine.train()
@@ -313,6 +337,8 @@ class ArmadaWorker:
         """Student (and aligner) predictions on ``split``, gathered from every rank (ZeRO-3 needs all)."""
         from armada_ray.tasks import compute_metrics
 
+        if self.generative:
+            return self.evaluate_generative(split)
         self.engine.eval()
         rows: list[tuple[int, float, list[float]]] = []
         with torch.no_grad():
@@ -334,17 +360,65 @@ class ArmadaWorker:
             result.update(self.evaluate_aligner(split))
         return result
 
+    def evaluate_generative(self, split: str = "dev") -> dict[str, Any]:
+        """Greedy answers to ``split``'s prompts scored with the task's metric, gathered from every rank.
+
+        Under ZeRO-3 each forward gathers parameter shards from all ranks, so generation runs with
+        ``synced_gpus``: a rank that has finished keeps stepping until every rank has. The sampler pads the
+        split so every rank runs the same number of batches.
+        """
+        from armada_ray.tasks import compute_metrics
+
+        self.engine.eval()
+        student = self.engine.module
+        synced = self.world > 1 and self.cfg.train.zero_stage == 3
+        prompts = self.splits[split].prompts
+        rows: list[tuple[int, str, list[float]]] = []
+        with torch.no_grad():
+            for batch in self._loader(split, shuffle=False):
+                index = batch["index"].tolist()
+                texts = student.generate([lm_prompt(prompts[i]) for i in index], tokenizer=self.tokenizer,
+                                         max_new_tokens=self.cfg.eval.max_new_tokens, batch_size=len(index),
+                                         synced_gpus=synced)
+                batch = self._to_device(batch)
+                out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  labels=batch["lm_labels"])  # p_s of the pooled prompt, for the embedding map
+                for j, idx in enumerate(index):
+                    rows.append((idx, texts[j].strip(), out.p_s[j].float().cpu().tolist()))
+        by_index = {idx: (text, p_s) for idx, text, p_s in self._gather(rows)}
+        order = sorted(by_index)
+        preds = [by_index[i][0] for i in order]
+        refs = [self.splits[split].answers[i] for i in order]
+        metrics = compute_metrics(self.spec, preds, refs)
+        result: dict[str, Any] = {"metrics": metrics, "dev_metric": metrics[self.spec.metric], "preds": preds,
+                                  "p_s": np.asarray([by_index[i][1] for i in order])}
+        if self.rank == 0:
+            for i in order[:2]:
+                self.session.log(f"{split} sample: {prompts[i][-80:]!r} -> {by_index[i][0][:80]!r} "
+                                 f"(reference {self.splits[split].answers[i][:80]!r})")
+        if self.aligner is not None and self.splits[split].teacher is not None:
+            result.update(self.evaluate_aligner(split))
+        return result
+
     def evaluate_aligner(self, split: str = "dev") -> dict[str, Any]:
         """The aligner's own metric on ``split`` (every rank computes it on the full split: it is tiny)."""
         from armada_ray.tasks import compute_metrics
 
         t = torch.as_tensor(self.splits[split].teacher, device=self.device)
         a_out = self._aligner_targets(t)
+        result: dict[str, Any] = {"p_t": a_out.p_t.float().cpu().numpy()}
+        if a_out.t1 is None:  # open-answer generative task: no class head to score
+            return result
+        labels = self.splits[split].labels
+        if self.generative:  # the answer-class accuracy of branch A (rows with a class)
+            keep = labels >= 0
+            pred = a_out.t1.argmax(-1).cpu().numpy()
+            result["aligner_metric"] = float((pred[keep] == labels[keep]).mean()) if keep.any() else math.nan
+            return result
         a_pred = a_out.t1.squeeze(-1) if self.regression else a_out.t1.argmax(-1)
         a_preds = a_pred.float().tolist() if self.regression else a_pred.long().tolist()
-        refs = self.splits[split].labels.tolist()
-        return {"aligner_metric": compute_metrics(self.spec, a_preds, refs)[self.spec.metric],
-                "p_t": a_out.p_t.float().cpu().numpy()}
+        result["aligner_metric"] = compute_metrics(self.spec, a_preds, labels.tolist())[self.spec.metric]
+        return result
 
     def _is_better(self, value: float, best: float | None) -> bool:
         if best is None or math.isnan(best):
@@ -414,6 +488,8 @@ class ArmadaWorker:
             self.tracker.log_figure(plots.plot_dev_curves(curves), "plots/dev_curves.png")
             if "p_t" in ev:
                 labels = self.splits["dev"].labels
+                if self.generative:
+                    labels = [self.spec.choices[i] if i >= 0 else "other" for i in labels] if self.num_classes else None
                 self.tracker.log_figure(plots.plot_embedding_map(ev["p_t"], ev["p_s"], labels),
                                         "plots/embedding_map.png")
         except Exception as exc:  # noqa: BLE001 - a plot must never stop training

@@ -53,9 +53,9 @@ def check_plan(cfg: ArmadaConfig) -> dict[str, Any]:
     model_path = resolve_model_path(cfg.student.model, cfg.student.revision)
     shape = memory.model_shape(model_path)
     is_encoder = shape["model_type"] in ("bert", "roberta", "deberta", "deberta-v2", "electra", "distilbert")
-    if data.spec.kind == "generative":
-        problems.append(f"config error: task.name={cfg.task.name!r} is generative; `armada train` supports "
-                        "classification and regression tasks in this release")
+    if data.spec.kind == "generative" and is_encoder:
+        problems.append(f"config error: task.name={cfg.task.name!r} is generative and needs a decoder (causal LM) "
+                        f"student; student.model={cfg.student.model!r} is a {shape['model_type']} encoder")
     if is_encoder and cfg.student.kind == "decoder" or not is_encoder and cfg.student.kind == "encoder":
         problems.append(f"config error: student.kind={cfg.student.kind!r} but {cfg.student.model} is a "
                         f"{shape['model_type']} model ({'encoder' if is_encoder else 'decoder'})")

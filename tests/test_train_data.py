@@ -1,0 +1,53 @@
+"""Training data for generative tasks: prompt+answer sequences whose LM labels cover the answer only."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from armada_ray.model import hub
+from armada_ray.train.data import GenerativeDataset, SplitArrays, choice_label, lm_prompt, make_dataset
+
+
+def _split(prompts, answers, labels=None):
+    labels = np.asarray(labels if labels is not None else [-1] * len(prompts), dtype=np.int64)
+    return SplitArrays([f"u{i}" for i in range(len(prompts))], prompts, labels, None, answers)
+
+
+def test_labels_cover_the_answer_and_eos_only_under_right_padding():
+    tok = hub.load_tokenizer("tiny-llama")
+    split = _split(["how many legs do 2 cats have?", "x"], ["8", "a much longer answer here"])
+    ds = make_dataset(split, tok, max_length=64)
+    assert isinstance(ds, GenerativeDataset)
+    batch = ds.collate([ds[0], ds[1]])
+    for j, (prompt, answer) in enumerate(zip(split.prompts, split.answers)):
+        p = tok(lm_prompt(prompt), add_special_tokens=True)["input_ids"]
+        a = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        n = len(p) + len(a)
+        assert batch["input_ids"][j, :n].tolist() == p + a  # the prompt alone is a prefix: pooling sees it
+        assert batch["attention_mask"][j].sum() == n
+        lm = batch["lm_labels"][j]
+        assert (lm[: len(p)] == -100).all() and (lm[n:] == -100).all()
+        assert lm[len(p): n].tolist() == a
+    assert tok.decode(batch["lm_labels"][0][batch["lm_labels"][0] != -100][:-1]).strip() == "8"
+
+
+def test_overlong_rows_keep_the_question_end_and_some_answer():
+    tok = hub.load_tokenizer("tiny-llama")
+    long_prompt = " ".join(f"word{i}" for i in range(200)) + " final question?"
+    ds = GenerativeDataset(_split([long_prompt, "q"], ["42", " ".join(["long"] * 300)]), tok, max_length=32)
+    for i in range(2):
+        assert len(ds.input_ids[i]) <= 32 and ds.answer_len[i] >= 1
+    assert tok.decode(ds.input_ids[0]).rstrip().endswith(tok.decode(
+        tok(" 42", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]).rstrip())
+    assert "answer:" in tok.decode(ds.input_ids[0])  # the cue survives: the prompt is cut from its start
+    assert ds.answer_len[1] == 32 - len(tok(lm_prompt("q"))["input_ids"])  # the answer's tail is cut
+
+
+def test_choice_labels():
+    assert choice_label("Yes", ["Yes", "No"]) == 0
+    assert choice_label(" no.", ["Yes", "No"]) == 1
+    assert choice_label("maybe", ["Yes", "No"]) == -1
+    assert choice_label("8", None) == -1
+    assert torch.is_tensor(make_dataset(_split(["a"], ["Yes"], [0]), hub.load_tokenizer("tiny-llama"), 16)
+                           .collate([{"index": 0, "input_ids": [1, 2], "label": 0, "answer_len": 1}])["lm_labels"])
