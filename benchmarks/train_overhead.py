@@ -87,7 +87,8 @@ def plain_loop(base: list[str], steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="reduced size, < 3 min on 2 cores; prints, does not save")
+    ap.add_argument("--quick", action="store_true",
+                    help="reduced size (about 4-5 min on 2 cores: three Ray Train start-ups); prints, does not save")
     args = ap.parse_args()
     seq, steps = (64, 6) if args.quick else (128, 12)
     rows = steps * 8 * 2 + 8  # enough rows for `steps` steps with 1 worker and with 2 workers
