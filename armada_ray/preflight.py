@@ -338,20 +338,12 @@ def _check_cache(cfg: ArmadaConfig, command: str, data: Any, check: Check) -> No
 def student_memory(cfg: ArmadaConfig, available_gib: float, device: str) -> Any:
     """``armada_ray.train.memory`` estimate for this config's student, LoRA, ZeRO stage and batch."""
     from armada_ray.model.hub import resolve_model_path
+    from armada_ray.tasks import get_task
     from armada_ray.train import memory
-    from armada_ray.train.ds_config import resolve_precision
 
-    shape = memory.model_shape(resolve_model_path(cfg.student.model, cfg.student.revision))
-    lora = cfg.student.lora
-    lora_params = (memory.lora_param_count(shape, lora.r, len(lora.target_modules),
-                                           len(lora.layers_to_transform) if lora.layers_to_transform else None)
-                   if lora.enabled else None)
-    return memory.estimate(
-        shape, lora_params=lora_params, zero_stage=cfg.train.zero_stage, workers=cfg.scaling.num_workers,
-        precision=resolve_precision(cfg.train, cfg.scaling.use_gpu), offload=cfg.train.offload,
-        batch=cfg.train.batch_size, seq=cfg.student.max_length,
-        grad_checkpointing=cfg.student.gradient_checkpointing, available_gib=available_gib, device=device,
-    )
+    shape = memory.model_shape(resolve_model_path(cfg.student.model, cfg.student.revision),
+                               causal_lm=get_task(cfg.task.name).kind == "generative")
+    return memory.estimate_for_config(cfg, shape, available_gib, device)
 
 
 def _check_memory(cfg: ArmadaConfig, res: dict[str, Any] | None, check: Check) -> None:

@@ -184,6 +184,10 @@ def test_bad_plans_are_refused_before_cluster_time(work_dir):
         check_plan(cfg_for(work_dir, "student.model=llama3-8b-shape", "student.lora.enabled=false",
                            "student.max_length=512", "loss.mode=baseline"))
     assert "GiB per worker" in str(e.value) and "optimizer" in str(e.value)
+    # a generative student keeps its untied LM head: Llama-3-8B's full 8030M parameters
+    with pytest.raises(ConfigError, match=r"plan does not fit: llama3-8b-shape \(8030M params"):
+        check_plan(cfg_for(work_dir, "task.name=rg_leg_counting", "student.model=llama3-8b-shape",
+                           "student.lora.enabled=false", "student.max_length=512", "loss.mode=baseline"))
     with pytest.raises(ConfigError, match="encoder"):
         check_plan(cfg_for(work_dir, "student.model=minilm", "student.pooling=last", "student.lora.enabled=false"))
     with pytest.raises(ConfigError, match="nothing cached for this teacher"):

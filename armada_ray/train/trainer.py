@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from armada_ray.config import ArmadaConfig, ConfigError, save_config
-from armada_ray.train.ds_config import check_ds_settings, resolve_precision
+from armada_ray.train.ds_config import check_ds_settings
 
 # Worker processes inherit these (set on the driver before Ray starts, and in the runtime env).
 _PASS_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ARMADA_CACHE_DIR", "TORCH_EXTENSIONS_DIR",
@@ -51,7 +51,7 @@ def check_plan(cfg: ArmadaConfig) -> dict[str, Any]:
     plan: dict[str, Any] = {"task": cfg.task.name, "task_kind": data.spec.kind, "train_rows": len(data.train),
                             "dev_rows": len(data.dev), "test_rows": len(data.test), "skipped_rows": len(data.skipped)}
     model_path = resolve_model_path(cfg.student.model, cfg.student.revision)
-    shape = memory.model_shape(model_path)
+    shape = memory.model_shape(model_path, causal_lm=data.spec.kind == "generative")
     is_encoder = shape["model_type"] in ("bert", "roberta", "deberta", "deberta-v2", "electra", "distilbert")
     if data.spec.kind == "generative" and is_encoder:
         problems.append(f"config error: task.name={cfg.task.name!r} is generative and needs a decoder (causal LM) "
@@ -73,17 +73,7 @@ def check_plan(cfg: ArmadaConfig) -> dict[str, Any]:
 
         available = psutil.virtual_memory().total / memory.GIB * cfg.scaling.memory_headroom / cfg.scaling.num_workers
         device = "CPU RAM share per worker"
-    lora = cfg.student.lora
-    est = memory.estimate(
-        shape,
-        lora_params=memory.lora_param_count(shape, lora.r, len(lora.target_modules),
-                                            len(lora.layers_to_transform) if lora.layers_to_transform else None)
-        if lora.enabled else None,
-        zero_stage=cfg.train.zero_stage, workers=cfg.scaling.num_workers,
-        precision=resolve_precision(cfg.train, on_gpu), offload=cfg.train.offload,
-        batch=cfg.train.batch_size, seq=cfg.student.max_length,
-        grad_checkpointing=cfg.student.gradient_checkpointing, available_gib=available, device=device,
-    )
+    est = memory.estimate_for_config(cfg, shape, available, device)
     plan["memory"] = est.as_dict()
     if not est.fits:
         problems.append(
