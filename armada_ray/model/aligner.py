@@ -3,8 +3,8 @@
 It maps a fixed teacher vector ``x_t`` (dimension D) into a task-aware space, supervised by the task labels:
 
 - branch A: ``Linear(D→d) → ReLU → Dropout → Linear(d→d) → ReLU → Dropout → Linear(d→C)`` gives ``t1``;
-- branch B: ``p_t`` = orthogonal ``Linear(D→P, bias=False)`` (``torch.nn.utils.parametrizations.orthogonal``
-  with the Cayley map, see :func:`orthogonal_linear`: rows orthonormal when P ≤ D, columns when P > D), then
+- branch B: ``p_t`` = orthogonal ``Linear(D→P, bias=False)`` (the Cayley map of
+  ``torch.nn.utils.parametrizations.orthogonal``, computed in float32, see :func:`orthogonal_linear`: rows orthonormal when P ≤ D, columns when P > D), then
   ``Dropout → Linear(P→C)`` gives ``t2``.
 
 Keep the aligner in float32 (it is small): the orthogonal parametrization solves an n×n system each forward.
@@ -26,22 +26,71 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
+from torch.nn.utils import parametrize
 
 ALIGNER_WEIGHTS = "armada_aligner.safetensors"
 ALIGNER_META = "armada_aligner.json"
 
 
+class CayleyOrthogonal(nn.Module):
+    """Parametrization ``W = B·cayley(A)[:, :k]`` of a matrix with orthonormal rows or columns.
+
+    The map and the state (a ``base`` buffer next to the ``original`` parameter) are those of
+    ``torch.nn.utils.parametrizations.orthogonal(..., orthogonal_map="cayley")``; we write it out because
+    torch's computes in the stored dtype, and the Cayley map's LU solve has no bf16/fp16 kernel
+    (``"lu_cpu" not implemented for 'BFloat16'``; CUDA refuses low precision too), while DeepSpeed's bf16 mode
+    casts every parameter and buffer of the student to bf16. Here the map runs in float32 and the result is
+    returned in the stored dtype.
+    """
+
+    base: torch.Tensor | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("base", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        transposed = x.shape[-2] < x.shape[-1]
+        if transposed:
+            x = x.mT
+        n, k = x.shape[-2:]
+        x = x.tril()
+        if n != k:  # embed the tall matrix in a square one: only n·k − k(k−1)/2 entries are free
+            x = torch.cat([x, x.new_zeros(n, n - k)], dim=-1)
+        a = x - x.mT  # skew-symmetric
+        eye = torch.eye(n, device=x.device)
+        q = torch.linalg.solve(eye - 0.5 * a, eye + 0.5 * a)[..., :k]
+        if self.base is not None:
+            q = self.base.float() @ q
+        return (q.mT if transposed else q).to(dtype)
+
+    @torch.no_grad()
+    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
+        """Store the orthogonalised ``w`` (completed to n×n) as the base; the free parameter starts at 0."""
+        q = w.mT if w.shape[-2] < w.shape[-1] else w
+        n, k = q.shape[-2:]
+        if n != k:
+            q = torch.cat([q, torch.randn(n, n - k, dtype=q.dtype, device=q.device)], dim=-1)
+        qq, r = torch.linalg.qr(q.float())
+        self.base = (qq * r.diagonal().sign()).to(w.dtype)
+        return torch.zeros_like(w)
+
+
 def orthogonal_linear(in_features: int, out_features: int) -> nn.Module:
     """``Linear(in→out, bias=False)`` constrained to orthonormal rows (or columns when out > in).
 
-    Uses the Cayley map. torch's default for a non-square weight, the Householder map, reads the sign of the
-    stored diagonal through ``.int()``: AdamW's decoupled weight decay turns -1 into -0.9999, which truncates
-    to 0, and the weight silently collapses to zero after the first step. The Cayley (and matrix-exp) maps
-    ignore the diagonal, so weight decay is harmless; Cayley was also the fastest here (about 0.14 s for a
-    1024×1024 forward+backward on 2 CPU cores against 2 s for matrix_exp and 13 s for Householder).
+    Uses the Cayley map (:class:`CayleyOrthogonal`). torch's default for a non-square weight, the Householder
+    map, reads the sign of the stored diagonal through ``.int()``: AdamW's decoupled weight decay turns -1 into
+    -0.9999, which truncates to 0, and the weight silently collapses to zero after the first step. The Cayley
+    (and matrix-exp) maps ignore the diagonal, so weight decay is harmless; Cayley was also the fastest here
+    (about 0.14 s for a 1024×1024 forward+backward on 2 CPU cores against 2 s for matrix_exp and 13 s for
+    Householder).
     """
-    return parametrizations.orthogonal(nn.Linear(in_features, out_features, bias=False), orthogonal_map="cayley")
+    linear = nn.Linear(in_features, out_features, bias=False)
+    parametrize.register_parametrization(linear, "weight", CayleyOrthogonal(), unsafe=True)
+    return linear
 
 
 @dataclass
@@ -172,6 +221,7 @@ __all__ = [
     "build_aligner",
     "freeze",
     "load_aligner",
+    "CayleyOrthogonal",
     "orthogonal_linear",
     "orthogonality_error",
     "save_aligner",
