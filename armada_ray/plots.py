@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-LOSS_COMPONENTS = ("task", "soft", "manifold", "total", "aligner")
+LOSS_COMPONENTS = ("task", "lm", "soft", "manifold", "total", "aligner")  # lm: generative tasks
 _MAX_CATEGORY_TICKS = 12
 
 
@@ -84,7 +84,7 @@ def plot_loss_components(history: Sequence[Mapping[str, Any]]) -> Figure:
     fig = _figure(10.0 if has_aligner else 6.5, 4.0)
     axes = fig.subplots(1, 2) if has_aligner else [fig.subplots(1, 1)]
     main = [c for c in present if c != "aligner"]
-    styles = {"task": "-", "soft": "--", "manifold": "-.", "total": "-"}
+    styles = {"task": "-", "lm": ":", "soft": "--", "manifold": "-.", "total": "-"}
     ax = axes[0]
     if not main:
         _empty(fig, ax, "no student loss components in the history")

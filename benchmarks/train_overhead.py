@@ -8,7 +8,11 @@ In one run, on the same model, data, batch and thread count:
 Step times are medians over the student epoch with the first steps excluded (loop.WARMUP_STEPS); start-up
 (Ray + worker set-up + DeepSpeed init + model load until the first epoch starts) is reported separately.
 
-Full: sequence 128, LoRA r=8 on q/v of all 30 layers, batch 8, 12 steps. --quick: sequence 64, 6 steps.
+Full: sequence 128, LoRA r=8 on q/v of all 30 layers, batch 8, 16 steps. --quick: sequence 64, 10 steps.
+
+The 2-worker run goes first: the first Ray Train run of a process is slower for its first several steps
+(page cache, lazy imports, Ray's agents noticing a new worker; measured 3.0-3.5 s steps decaying to 2.7 s at
+sequence 64), so it would bias whichever of (a)/(b) ran first. Per-step times are in the JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("ARMADA_CACHE_DIR", str(Path.home() / ".cache" / "armada-ray"))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(os.environ["ARMADA_CACHE_DIR"]) / "torch_extensions"))
 
+from armada_ray.train.loop import WARMUP_STEPS  # noqa: E402
+
 
 def overrides(work: Path, seq: int, steps: int, rows: int) -> list[str]:
     return [f"paths.work_dir={work}", "task.name=bbc_topics", f"task.max_train={rows}", "task.max_dev=16",
@@ -46,7 +52,7 @@ def ray_run(base: list[str], *extra: str) -> dict:
     summary = run_train(cfg)
     wall = time.perf_counter() - t0
     hist = json.loads((Path(summary["run_dir"]) / "summary.json").read_text())["history"][0]
-    return {"step_s": hist["step_s_median"], "wall_s": wall, "epoch_s": hist["epoch_s"],
+    return {"step_s": hist["step_s_median"], "wall_s": wall, "epoch_s": hist["epoch_s"], "steps": hist["step_s"],
             "samples_per_s": 8 * int(cfg.scaling.num_workers) / hist["step_s_median"]}
 
 
@@ -80,9 +86,7 @@ def plain_loop(base: list[str], steps: int) -> dict:
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.train.clip)
         opt.step()
         times.append(time.perf_counter() - t0)
-    from armada_ray.train.loop import WARMUP_STEPS
-
-    return {"step_s": float(np.median(times[WARMUP_STEPS:]))}
+    return {"step_s": float(np.median(times[WARMUP_STEPS:])), "steps": [round(t, 4) for t in times]}
 
 
 def main() -> None:
@@ -90,7 +94,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="reduced size (about 4-5 min on 2 cores: three Ray Train start-ups); prints, does not save")
     args = ap.parse_args()
-    seq, steps = (64, 6) if args.quick else (128, 12)
+    seq, steps = (64, 10) if args.quick else (128, 16)
     rows = steps * 8 * 2 + 8  # enough rows for `steps` steps with 1 worker and with 2 workers
     threads = os.cpu_count() or 2
     work = Path(tempfile.mkdtemp(prefix="armada-bench-train-"))
@@ -108,10 +112,10 @@ def main() -> None:
     torch.set_num_threads(threads)
     plain = plain_loop(base, steps)
     one = f"scaling.cpus_per_worker={threads}"
-    armada_1w = ray_run(base, one, "scaling.num_workers=1", "run_name=armada-1w")
-    baseline_1w = ray_run(base, one, "scaling.num_workers=1", "loss.mode=baseline", "run_name=baseline-1w")
     armada_2w = ray_run(base, f"scaling.cpus_per_worker={threads / 2:g}", "scaling.num_workers=2",
-                        "run_name=armada-2w")
+                        "run_name=armada-2w")  # first: it also takes the process's first-run slowness
+    baseline_1w = ray_run(base, one, "scaling.num_workers=1", "loss.mode=baseline", "run_name=baseline-1w")
+    armada_1w = ray_run(base, one, "scaling.num_workers=1", "run_name=armada-1w")
     ratio_a = baseline_1w["step_s"] / plain["step_s"]  # same loss (task CE on s1), so only Ray + DeepSpeed differ
     result = {
         "name": "train_overhead",
@@ -121,14 +125,18 @@ def main() -> None:
         "samples_per_s_1w": round(armada_1w["samples_per_s"], 3),
         "samples_per_s_2w": round(armada_2w["samples_per_s"], 3),
         "startup_s": round(armada_1w["wall_s"] - armada_1w["epoch_s"], 1),
+        "startup_s_first_run": round(armada_2w["wall_s"] - armada_2w["epoch_s"], 1),
         "step_s_plain": round(plain["step_s"], 4),
         "step_s_ray_deepspeed_baseline": round(baseline_1w["step_s"], 4),
         "step_s_ray_deepspeed_armada": round(armada_1w["step_s"], 4),
         "student": "smollm2-135m (LoRA r=8 q/v, all 30 layers)",
-        "seq": seq, "batch": 8, "steps": steps, "threads": threads,
+        "seq": seq, "batch": 8, "steps": steps, "threads": threads, "warmup_steps_excluded": WARMUP_STEPS,
+        "step_s_each": {"plain": plain["steps"], "baseline_1w": baseline_1w["steps"],
+                        "armada_1w": armada_1w["steps"], "armada_2w": armada_2w["steps"]},
         "notes": "(a) compares the undistilled loss through armada train (1 Ray worker, DeepSpeed ZeRO-2, fp32, "
                  "gloo) with the same loss in a plain torch loop; startup_s = wall time of the 1-worker armada "
-                 "run minus its epoch (Ray + workers + DeepSpeed init + model load + checkpoint + teardown)",
+                 "run minus its epoch (Ray + workers + DeepSpeed init + model load + checkpoint + teardown); "
+                 "startup_s_first_run: the same for the process's first Ray Train run (the 2-worker one)",
     }
     emit(result, args.quick)
 

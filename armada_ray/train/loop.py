@@ -318,6 +318,7 @@ class ArmadaWorker:
         steady = step_times[WARMUP_STEPS:] or step_times
         if steady:
             out["step_s_median"] = float(np.median(steady))
+            out["step_s"] = [round(t, 4) for t in step_times]  # every step, for benchmarks (not a metric)
         if aligner_losses:
             out["aligner_loss"] = float(np.mean(aligner_losses))
         if self.device.type == "cuda":
