@@ -58,7 +58,7 @@ def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_d
     spec = data.spec
     regression = spec.kind == "regression"
     generative = spec.kind == "generative"
-    expected = len(spec.choices or []) if generative else 1 if regression else len(spec.labels or [])
+    expected = spec.head_width
     if task["kind"] != spec.kind or task["num_classes"] != expected:
         raise ConfigError(
             f"student/task mismatch: {path} was trained for {task['task']!r} ({task['kind']}, "

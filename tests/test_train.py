@@ -208,9 +208,13 @@ def test_teacher_dimension_differing_from_the_checkpoint_aligner_is_refused(work
     ckpt = cfg.run_dir / "ray" / "train" / "checkpoint_0"
     ckpt.mkdir(parents=True, exist_ok=True)
     torch.save({"teacher_dim": 8, "best": {}, "current": {}}, ckpt / "aligner.pt")
+    # and a student whose heads were built for another task: a regression head for this 2-class task
+    (ckpt / "task.json").write_text(json.dumps({"task": "stsb", "kind": "regression", "num_classes": 1}))
     try:
-        with pytest.raises(ConfigError, match=r"dimension 8.*dimension 384"):
+        with pytest.raises(ConfigError, match=r"dimension 8.*dimension 384") as e:
             check_plan(cfg)
+        assert "student/task mismatch" in str(e.value) and "'stsb' (regression, 1 output(s))" in str(e.value)
+        assert "classification with 2 output(s)" in str(e.value)
     finally:
         shutil.rmtree(cfg.run_dir)
     assert open_cache_for(cfg).dim == 384

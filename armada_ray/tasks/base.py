@@ -71,6 +71,14 @@ class TaskSpec:
         """Output width of a prediction head: the class count, or 1 for regression."""
         return len(self.labels) if self.labels else 1
 
+    @property
+    def head_width(self) -> int:
+        """Outputs of the student's class heads: the classes, 1 for regression, a generative task's fixed
+        answer set (0 for open answers: no class heads)."""
+        if self.kind == "generative":
+            return len(self.choices or [])
+        return self.num_labels
+
 
 @dataclass
 class TaskData:

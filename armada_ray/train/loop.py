@@ -87,10 +87,7 @@ class ArmadaWorker:
         self.spec, self.splits = build_splits(cfg, with_teacher=self.distill)
         self.regression = self.spec.kind == "regression"
         self.generative = self.spec.kind == "generative"
-        if self.generative:  # class heads only for a fixed answer set (see GenerativeStudent)
-            self.num_classes = len(self.spec.choices or [])
-        else:
-            self.num_classes = 1 if self.regression else len(self.spec.labels)
+        self.num_classes = self.spec.head_width  # generative: class heads only for a fixed answer set
 
         student, self.tokenizer = build_student(
             cfg.student, num_classes=self.num_classes, proj_dim=cfg.aligner.proj_dim, task_kind=self.spec.kind

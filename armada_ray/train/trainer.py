@@ -64,6 +64,7 @@ def check_plan(cfg: ArmadaConfig) -> dict[str, Any]:
                         f"{cfg.student.model} is an encoder: allowed auto, cls, pooler")
     if cfg.loss.mode == "armada":
         problems += _check_cache(cfg, data)
+    problems += _check_resumed_heads(cfg, data.spec)
     on_gpu = cfg.scaling.use_gpu
     if on_gpu:
         available = cfg.scaling.gpu_memory_gb * cfg.scaling.memory_headroom
@@ -120,6 +121,20 @@ def _check_cache(cfg: ArmadaConfig, data: Any) -> list[str]:
             problems.append(f"resume: the checkpoint's aligner takes teacher vectors of dimension {dim}, but the "
                             f"teacher cache holds dimension {cache.dim}; start a new run (resume=false)")
     return problems
+
+
+def _check_resumed_heads(cfg: ArmadaConfig, spec: Any) -> list[str]:
+    """A resumed checkpoint's heads were built for its task: refuse a task of another kind or width."""
+    latest = _latest_checkpoint_dir(cfg) if cfg.resume else None
+    if latest is None or not (latest / "task.json").is_file():
+        return []
+    saved = json.loads((latest / "task.json").read_text())
+    if saved.get("kind") == spec.kind and saved.get("num_classes") == spec.head_width:
+        return []
+    return [f"student/task mismatch: resume=true continues {latest}, whose student was built for task "
+            f"{saved.get('task')!r} ({saved.get('kind')}, {saved.get('num_classes')} output(s)), but "
+            f"task.name={cfg.task.name!r} is {spec.kind} with {spec.head_width} output(s); start a new run "
+            "(resume=false or another run_name)"]
 
 
 def _latest_checkpoint_dir(cfg: ArmadaConfig) -> Path | None:
