@@ -538,14 +538,11 @@ def submitted_job_id() -> str | None:
     Ray's job supervisor hands the entrypoint ``RAY_JOB_CONFIG_JSON_ENV_VAR`` (runtime env + metadata with
     ``job_submission_id``); a plain driver or a Ray worker does not have it.
     """
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not raw:
+    from armada_ray.ray_utils import submission_id, submitted_job_config
+
+    if submitted_job_config() is None:
         return None
-    try:
-        sub = (json.loads(raw).get("metadata") or {}).get("job_submission_id")
-    except (ValueError, AttributeError):
-        sub = None
-    return str(sub) if sub else "submitted"
+    return submission_id() or "submitted"
 
 
 def preflight_if_submitted(cfg: ArmadaConfig, command: str) -> dict[str, Any] | None:

@@ -40,6 +40,33 @@ def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
     return {"address": "local", "started_local": True}
 
 
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def submitted_job_config() -> dict[str, Any] | None:
+    """The job config Ray's job supervisor hands a ``ray job submit`` entrypoint (runtime env, metadata with
+    ``job_submission_id``); None in a plain driver or a Ray worker, ``{}`` when it does not parse."""
+    raw = os.environ.get(JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _section(config: dict[str, Any], key: str) -> dict[str, Any]:
+    value = config.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def submission_id() -> str | None:
+    """This process's ``ray job submit`` submission id, if it is a submitted job's entrypoint and has one."""
+    sub = _section(submitted_job_config() or {}, "metadata").get("job_submission_id")
+    return str(sub) if sub else None
+
+
 def _without_job_env_vars(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
     """Drop env vars that a submitted job's own runtime env already sets.
 
@@ -47,13 +74,10 @@ def _without_job_env_vars(runtime_env: dict[str, Any] | None) -> dict[str, Any] 
     refuses any env var named in both ("Failed to merge the Job's runtime env ... because of a conflict"). The
     job's values are already this process's environment, so they are the ones the workers get anyway.
     """
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not raw or not runtime_env or not runtime_env.get("env_vars"):
+    job = submitted_job_config()
+    if not job or not runtime_env or not runtime_env.get("env_vars"):
         return runtime_env
-    try:
-        job_vars = (json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}
-    except (ValueError, AttributeError):
-        return runtime_env
+    job_vars = _section(_section(job, "runtime_env"), "env_vars")
     env_vars = {k: v for k, v in runtime_env["env_vars"].items() if k not in job_vars}
     return {**runtime_env, "env_vars": env_vars} if env_vars else {k: v for k, v in runtime_env.items()
                                                                    if k != "env_vars"}

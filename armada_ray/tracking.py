@@ -228,15 +228,12 @@ def ray_job_ids() -> dict[str, str]:
     ``ray job submit`` hands the driver its submission id in ``RAY_JOB_CONFIG_JSON_ENV_VAR``; Ray
     workers see ``RAY_JOB_ID``; a driver that has already imported and initialised Ray is asked.
     """
+    from armada_ray.ray_utils import submission_id
+
     ids: dict[str, str] = {}
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if raw:
-        try:
-            sub = (json.loads(raw).get("metadata") or {}).get("job_submission_id")
-        except (ValueError, AttributeError):
-            sub = None
-        if sub:
-            ids[TAG_RAY_SUBMISSION_ID] = str(sub)
+    sub = submission_id()
+    if sub:
+        ids[TAG_RAY_SUBMISSION_ID] = sub
     job = os.environ.get("RAY_JOB_ID")
     ray = sys.modules.get("ray")
     if not job and ray is not None:
