@@ -185,22 +185,26 @@ def _check_task(cfg: ArmadaConfig, check: Check) -> Any:
     return data
 
 
-def _http_get(url: str, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers=headers, method="GET")
+def _http(url: str, headers: dict[str, str], timeout: float, body: dict[str, Any] | None = None,
+          limit: int = 1 << 20) -> tuple[int, bytes]:
+    """GET (or POST ``body`` as JSON): (status, up to ``limit`` bytes of the answer); an HTTP error is a status."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers=headers, method="GET" if body is None else "POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read(1 << 20)
+            return resp.status, resp.read(limit)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(4096) if exc.fp else b""
 
 
-def _http_post(url: str, headers: dict[str, str], body: dict[str, Any], timeout: float) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+def _ask(shown: str, what: str, url: str, headers: dict[str, str], timeout: float,
+         body: dict[str, Any] | None = None, limit: int = 1 << 20) -> tuple[int, bytes]:
+    """:func:`_http`, with a teacher that does not answer at all reported as one RuntimeError line."""
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read(1 << 22)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(4096) if exc.fp else b""
+        return _http(url, headers, timeout, body, limit)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise RuntimeError(f"{shown} does not answer ({what}: {reason})") from None
 
 
 def probe_http_teacher(teacher: Any, timeout: float = PROBE_TIMEOUT_S) -> str:
@@ -217,11 +221,7 @@ def probe_http_teacher(teacher: Any, timeout: float = PROBE_TIMEOUT_S) -> str:
                                f"{teacher.api_key_env} is not set (export the key; it never goes into the config)")
         headers["Authorization"] = f"Bearer {key}"
     timeout = min(timeout, teacher.timeout_s)
-    try:
-        status, body = _http_get(f"{endpoint}/models", headers, timeout)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise RuntimeError(f"{shown} does not answer (GET /models: {reason})") from None
+    status, body = _ask(shown, "GET /models", f"{endpoint}/models", headers, timeout)
     if status in (401, 403):
         raise RuntimeError(f"{shown} refused the credentials (HTTP {status}) "
                            f"{'in $' + teacher.api_key_env if teacher.api_key_env else '(no teacher.api_key_env set)'}")
@@ -236,12 +236,8 @@ def probe_http_teacher(teacher: Any, timeout: float = PROBE_TIMEOUT_S) -> str:
     if teacher.api != "embeddings":
         raise RuntimeError(f"{shown}: GET /models answered HTTP {status}")
     # no /models route: one embeddings request with one short text (costs one request)
-    try:
-        status, body = _http_post(f"{endpoint}/embeddings", headers,
-                                  {"model": teacher.model, "input": ["armada preflight probe"]}, timeout)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise RuntimeError(f"{shown} does not answer (POST /embeddings: {reason})") from None
+    status, body = _ask(shown, "POST /embeddings", f"{endpoint}/embeddings", headers, timeout,
+                        body={"model": teacher.model, "input": ["armada preflight probe"]}, limit=1 << 22)
     if not 200 <= status < 300:
         raise RuntimeError(f"{shown}: POST /embeddings answered HTTP {status}: {body[:160]!r}")
     try:
