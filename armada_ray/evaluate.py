@@ -39,12 +39,13 @@ def predict(student: Any, tokenizer: Any, prompts: list[str], max_length: int, r
 
 
 def generate_answers(student: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
-                     batch_size: int = 16) -> list[str]:
-    """A generative student's greedy answers to task prompts (with the answer cue training used)."""
+                     batch_size: int = 16, **gen_kwargs: Any) -> list[str]:
+    """A generative student's greedy answers to task prompts (with the answer cue training used); training's
+    dev evaluation and ``armada eval`` both answer through here."""
     from armada_ray.train.data import lm_prompt
 
     texts = student.generate([lm_prompt(p) for p in prompts], tokenizer=tokenizer, max_new_tokens=max_new_tokens,
-                             batch_size=batch_size)
+                             batch_size=batch_size, **gen_kwargs)
     return [t.strip() for t in texts]
 
 

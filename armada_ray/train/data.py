@@ -59,11 +59,13 @@ class ArmadaDataset(Dataset):
     """Pre-tokenized examples; the collate function pads each batch to its own longest row."""
 
     def __init__(self, split: SplitArrays, tokenizer: Any, max_length: int):
-        enc = tokenizer(split.prompts, truncation=True, max_length=max_length, add_special_tokens=True)
-        self.input_ids: list[list[int]] = enc["input_ids"]
+        self.input_ids: list[list[int]] = self._encode(split, tokenizer, max_length)
         self.labels = split.labels
         self.teacher = split.teacher
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def _encode(self, split: SplitArrays, tokenizer: Any, max_length: int) -> list[list[int]]:
+        return tokenizer(split.prompts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -100,22 +102,20 @@ class GenerativeDataset(ArmadaDataset):
     its last tokens (the question usually ends a prompt), so every row supervises some answer tokens.
     """
 
-    def __init__(self, split: SplitArrays, tokenizer: Any, max_length: int):
+    def _encode(self, split: SplitArrays, tokenizer: Any, max_length: int) -> list[list[int]]:
         if split.answers is None:
             raise ValueError("GenerativeDataset needs the split's answers")
         prompts = tokenizer([lm_prompt(p) for p in split.prompts], add_special_tokens=True)["input_ids"]
         answers = tokenizer([" " + a for a in split.answers], add_special_tokens=False)["input_ids"]
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        self.input_ids, self.answer_len = [], []
+        rows, self.answer_len = [], []
         for p, a in zip(prompts, answers):
             a = a + eos
             a = a[: max(max_length - len(p), max_length // 2)]
             p = p[-(max_length - len(a)):]
-            self.input_ids.append(p + a)
+            rows.append(p + a)
             self.answer_len.append(len(a))
-        self.labels = split.labels
-        self.teacher = split.teacher
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return rows
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {**super().__getitem__(i), "answer_len": self.answer_len[i]}

@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from armada_ray.config import ArmadaConfig, dump_config
-from armada_ray.train.data import build_splits, lm_prompt, make_dataset
+from armada_ray.train.data import build_splits, make_dataset
 from armada_ray.train.ds_config import build_ds_config
 from armada_ray.train.session import Session
 
@@ -365,6 +365,7 @@ class ArmadaWorker:
         ``synced_gpus``: a rank that has finished keeps stepping until every rank has. The sampler pads the
         split so every rank runs the same number of batches.
         """
+        from armada_ray.evaluate import generate_answers
         from armada_ray.tasks import compute_metrics
 
         self.engine.eval()
@@ -375,14 +376,13 @@ class ArmadaWorker:
         with torch.no_grad():
             for batch in self._loader(split, shuffle=False):
                 index = batch["index"].tolist()
-                texts = student.generate([lm_prompt(prompts[i]) for i in index], tokenizer=self.tokenizer,
-                                         max_new_tokens=self.cfg.eval.max_new_tokens, batch_size=len(index),
-                                         synced_gpus=synced)
+                texts = generate_answers(student, self.tokenizer, [prompts[i] for i in index],
+                                         self.cfg.eval.max_new_tokens, batch_size=len(index), synced_gpus=synced)
                 batch = self._to_device(batch)
                 out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   labels=batch["lm_labels"])  # p_s of the pooled prompt, for the embedding map
                 for j, idx in enumerate(index):
-                    rows.append((idx, texts[j].strip(), out.p_s[j].float().cpu().tolist()))
+                    rows.append((idx, texts[j], out.p_s[j].float().cpu().tolist()))
         by_index = {idx: (text, p_s) for idx, text, p_s in self._gather(rows)}
         order = sorted(by_index)
         preds = [by_index[i][0] for i in order]
