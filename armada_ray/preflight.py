@@ -288,7 +288,7 @@ def _probe_teacher(teacher: Any) -> str:
 
 def _check_cache(cfg: ArmadaConfig, command: str, data: Any, check: Check) -> None:
     from armada_ray.cache import open_cache_for
-    from armada_ray.teachers.prompts import teacher_prompt
+    from armada_ray.train.data import cache_coverage
 
     if cfg.loss.mode != "armada" and command in _TRAINS:
         check.set(SKIP, "loss.mode=baseline reads no teacher vectors")
@@ -301,14 +301,7 @@ def _check_cache(cfg: ArmadaConfig, command: str, data: Any, check: Check) -> No
     except Exception as exc:  # noqa: BLE001 - e.g. the teacher's config cannot be read (check 3 says why)
         check.set(FAIL if command in _TRAINS else SKIP, f"cannot open the teacher cache: {_one_line(exc)}")
         return
-    counts: dict[str, tuple[int, int]] = {}
-    for split in ("train", "dev", "test"):
-        keys = {teacher_prompt(cfg.teacher, data.spec, ex) for ex in data.split(split)}
-        if cache is None:
-            counts[split] = (0, len(keys))
-        else:
-            hashed = [cache.key_for(p) for p in keys]
-            counts[split] = (len(hashed) - len(cache.missing(hashed)), len(hashed))
+    counts = {split: cache_coverage(cfg, cache, data, split) for split in ("train", "dev", "test")}
     text = ", ".join(f"{split} {have}/{total}" for split, (have, total) in counts.items())
     where = cache.path if cache is not None else cfg.cache_root
     data_out = {f"cache_{s}_cached": have for s, (have, _) in counts.items()}

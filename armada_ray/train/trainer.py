@@ -93,7 +93,7 @@ def check_plan(cfg: ArmadaConfig) -> dict[str, Any]:
 
 def _check_cache(cfg: ArmadaConfig, data: Any) -> list[str]:
     from armada_ray.cache import open_cache_for
-    from armada_ray.teachers.prompts import teacher_prompt
+    from armada_ray.train.data import cache_coverage
 
     cache = open_cache_for(cfg)
     if cache is None:
@@ -101,11 +101,10 @@ def _check_cache(cfg: ArmadaConfig, data: Any) -> list[str]:
                 f"for task {cfg.task.name!r} first (or loss.mode=baseline)"]
     problems = []
     for split in ("train", "dev"):
-        keys = {cache.key_for(teacher_prompt(cfg.teacher, data.spec, ex)) for ex in getattr(data, split)}
-        missing = cache.missing(sorted(keys))
-        if missing:
+        have, total = cache_coverage(cfg, cache, data, split)
+        if have < total:
             problems.append(
-                f"teacher cache {cache.path}: {len(missing)} of {len(keys)} {split} rows of task "
+                f"teacher cache {cache.path}: {total - have} of {total} {split} rows of task "
                 f"{cfg.task.name!r} have no teacher vector; run `armada embed` (quarantined rows: "
                 f"{cache.path / 'quarantine.jsonl'})"
             )
