@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from armada_ray import environ
 from armada_ray.config import ArmadaConfig, ConfigError, dump_config, flatten
 
 if TYPE_CHECKING:  # mlflow and matplotlib are imported where used: a disabled tracker needs neither
@@ -299,10 +300,11 @@ def is_secret_name(name: str) -> bool:
 def _secret_values(params: Mapping[str, Any]) -> set[str]:
     """Values of environment variables that hold secrets: named by a ``*_env`` param or named like one."""
     values: set[str] = set()
+    env = environ.snapshot()  # library threads change os.environ while we read it (issue 18)
     for key, value in params.items():
-        if key.lower().endswith("_env") and isinstance(value, str) and os.environ.get(value):
-            values.add(os.environ[value])
-    for name, value in os.environ.items():
+        if key.lower().endswith("_env") and isinstance(value, str) and env.get(value):
+            values.add(env[value])
+    for name, value in env.items():
         if is_secret_name(name.replace("__", ".")) and len(value) >= 8:
             values.add(value)
     return {v for v in values if len(v) >= 6}

@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from armada_ray import environ
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -88,7 +90,7 @@ class ServeTeacher:
 
     def __init__(self, overrides: list[str], threads: int = 1):
         self.port = free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+        env = {**environ.snapshot(), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "armada_ray.cli", "serve-teacher", f"server.port={self.port}", *overrides],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from armada_ray import environ  # noqa: E402
 from benchmarks._common import ROOT, ServeTeacher, emit, window_rate  # noqa: E402
 
 
@@ -145,7 +146,7 @@ def main() -> None:
         over = embed_overrides(work / "c", server.url, rate, rows) + ["embed.flush_every_s=1", "cache.shard_rows=64"]
         cfg_c = load_config(None, over)
         server.reset()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**environ.snapshot(), "PYTHONUNBUFFERED": "1"}
         env.pop("RAY_ADDRESS", None)
         proc = subprocess.Popen([sys.executable, "-m", "armada_ray.cli", "embed", *over], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

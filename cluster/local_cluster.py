@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from armada_ray import environ
+
 STATE_FILE = "cluster.json"
 TOKEN_FILE = "auth_token"
 _PORT_FLAGS = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
@@ -140,7 +142,7 @@ class LocalCluster:
     # ------------------------------------------------------------------------------ environment
     def env(self) -> dict[str, str]:
         """Environment for clients of this cluster (``ray job submit``, ``ray status``, drivers)."""
-        env = dict(os.environ)
+        env = environ.snapshot()  # not dict(os.environ): library threads change it concurrently
         env.update(self._auth_env())
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         # the venv's bin first, so `armada` and `ray` resolve in job entrypoints as they do here
