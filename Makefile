@@ -13,6 +13,8 @@ STAMP := $(VENV)/.armada-installed
 .PHONY: install demo test clean-venv
 
 install: $(STAMP)
+	@# DeepSpeed JIT-compiles its CPU ops on first use (~45 s + ~60 s): build them now, visibly, once per machine
+	@$(PY) -m armada_ray.train.ops
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

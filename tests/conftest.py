@@ -6,7 +6,9 @@
 - The DeepSpeed CPU communication extension is compiled once into a cached folder
   (``TORCH_EXTENSIONS_DIR`` under ``~/.cache/armada-ray``), not in every test.
 - Models are resolved through ``armada_ray.model.hub`` whose SmolLM2 conversion is cached on disk.
-- Every test has a timeout (pyproject), end-to-end tests carry ``@pytest.mark.slow`` and still run in CI.
+- Every test has a timeout (pyproject) and the suite has one (``ARMADA_SUITE_TIMEOUT_S``), both on timer
+  threads that fire even in native waits (``_watchdog.py``); end-to-end tests carry ``@pytest.mark.slow``
+  and still run in CI.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _watchdog import pytest_runtest_logstart, pytest_sessionstart, pytest_timeout_set_timer  # noqa: F401
 
 CACHE = Path(os.environ.get("ARMADA_CACHE_DIR", Path.home() / ".cache" / "armada-ray"))
 os.environ.setdefault("ARMADA_CACHE_DIR", str(CACHE))

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from armada_ray.config import ArmadaConfig, dump_config
 from armada_ray.train.data import build_splits, make_dataset
+from armada_ray.train import ops
 from armada_ray.train.ds_config import build_ds_config
 from armada_ray.train.session import Session
 
@@ -94,6 +95,8 @@ class ArmadaWorker:
         )
         self.datasets = {k: make_dataset(v, self.tokenizer, cfg.student.max_length) for k, v in self.splits.items()}
 
+        # load DeepSpeed's JIT ops ourselves first: a build killed earlier cannot block this one (train/ops.py)
+        ops.prepare_ops(on_gpu=self.device.type == "cuda", offload=cfg.train.offload, log=session.log)
         params = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=0.0)
         ds_config = build_ds_config(cfg.train, cfg.scaling, on_gpu=self.device.type == "cuda")

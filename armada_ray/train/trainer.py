@@ -10,7 +10,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from armada_ray import environ
 from armada_ray.config import ArmadaConfig, ConfigError, save_config
+from armada_ray.train import ops
 from armada_ray.train.ds_config import check_ds_settings
 
 # Worker processes inherit these (set on the driver before Ray starts, and in the runtime env).
@@ -33,9 +35,10 @@ def resolve_run_name(cfg: ArmadaConfig) -> ArmadaConfig:
 
 
 def _worker_env(cfg: ArmadaConfig) -> dict[str, str]:
-    env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+    now = environ.snapshot()
+    env = {k: now[k] for k in _PASS_ENV if k in now}
     env["DS_ACCELERATOR"] = "cuda" if cfg.scaling.use_gpu else "cpu"
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "armada-ray" / "torch_extensions"))
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(ops.DEFAULT_EXTENSIONS_DIR))
     return env
 
 
