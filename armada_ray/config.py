@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -26,6 +26,19 @@ class ConfigError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+def _absolute(path: Path | None) -> Path | None:
+    """Resolve a path once, in the process that loads the config (the driver).
+
+    Ray workers and Tune trials run in other working directories (Ray's per-run artifacts folder), so a
+    relative ``./armada_runs`` resolved there names another folder (issue 13). Every path field is therefore
+    absolute from validation on; the resolved config that travels to the workers holds only absolute paths.
+    """
+    return None if path is None else path.expanduser().resolve()
+
+
+AbsPath = Annotated[Path, AfterValidator(_absolute)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
@@ -34,7 +47,8 @@ class _Section(BaseModel):
 
 
 class PathsConfig(_Section):
-    work_dir: Path = Field(Path("./armada_runs"), description="Root of cache, runs and the embedded MLflow store.")
+    work_dir: AbsPath = Field(Path("./armada_runs"), validate_default=True,
+                              description="Root of cache, runs and the embedded MLflow store (made absolute on load).")
 
 
 class _TeacherBase(_Section):
@@ -44,8 +58,18 @@ class _TeacherBase(_Section):
     stand_in: bool = Field(
         False, description="True when this teacher stands in for a vision-language teacher (tagged in logs/MLflow)."
     )
-    shuffle: bool = Field(False, description="Ablation control: permute teacher vectors across examples.")
+    shuffle: Literal["none", "pairs", "targets"] = Field(
+        "none",
+        description="Ablation control. pairs (or true): teacher vectors permuted across train examples before "
+                    "anything sees them, so the aligner too learns from mismatched pairs; targets: the aligner "
+                    "learns the true pairs, and the student gets the aligner outputs of another example.",
+    )
     shuffle_seed: int = Field(1234, description="Seed of the teacher.shuffle permutation.")
+
+    @field_validator("shuffle", mode="before")
+    @classmethod
+    def _shuffle_bool(cls, v: Any) -> Any:
+        return {True: "pairs", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
 
 class HFTeacherConfig(_TeacherBase):
@@ -117,12 +141,12 @@ TeacherConfig = Annotated[
 class CacheConfig(_Section):
     dtype: Literal["float16", "float32"] = "float16"
     shard_rows: int = Field(512, ge=1, description="Rows per Parquet shard.")
-    dir: Path | None = Field(None, description="Cache root (default <work_dir>/cache).")
+    dir: AbsPath | None = Field(None, description="Cache root (default <work_dir>/cache).")
 
 
 class TaskConfig(_Section):
     name: str = Field("bbc_topics", description="A registered task (armada tasks lists them).")
-    data_dir: Path | None = Field(None, description="Local files for file-backed tasks (GLUE TSV, JSONL).")
+    data_dir: AbsPath | None = Field(None, description="Local files for file-backed tasks (GLUE TSV, JSONL).")
     max_train: int | None = Field(None, ge=1, description="Cap on train rows (seeded subsample).")
     max_dev: int | None = Field(None, ge=1)
     max_test: int | None = Field(None, ge=1)
@@ -160,6 +184,27 @@ class AlignerConfig(_Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     lr: float = Field(1e-3, gt=0)
     freeze_random: bool = Field(False, description="Ablation control: random, frozen aligner.")
+    fit: Literal["converge", "per_epoch"] = Field(
+        "converge",
+        description="converge: before the student's first epoch, fit the aligner on the cached vectors until the "
+                    "dev metric stops improving (fit_max_epochs, fit_patience), then keep it fixed; per_epoch: the "
+                    "paper's schedule, one aligner pass per outer epoch (alternating) or per step (joint).",
+    )
+    fit_max_epochs: int = Field(300, ge=1, description="converge: most passes over the train vectors.")
+    fit_patience: int = Field(25, ge=1, description="converge: stop after this many passes without a better dev metric.")
+    batch_size: int = Field(32, ge=1, description="converge: rows per aligner step (the student's batch in per_epoch).")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay of the aligner.")
+    standardize: bool = Field(
+        True, description="Standardise teacher vectors per dimension (train-split mean/std, saved with the aligner)."
+    )
+    init: Literal["torch", "normal"] = Field(
+        "torch", description="Linear-layer init: torch's default, or normal(0, 0.02) as the reference code."
+    )
+    student_targets: Literal["best", "latest"] = Field(
+        "best",
+        description="Which aligner the student learns against: best = the best-so-far by dev metric (also the one "
+                    "exported); latest = the one just trained (the reference code; the best is still kept on disk).",
+    )
 
 
 class LossConfig(_Section):
@@ -230,6 +275,35 @@ class TuneConfig(_Section):
     include_baseline: bool = Field(True, description="Also train the undistilled baseline for comparison.")
 
 
+REPORT_VARIANTS = ("baseline", "armada-cosine", "armada-euclid", "armada-pointwise", "shuffle-pairs",
+                   "shuffle-targets", "random-aligner", "alpha0", "beta0")
+
+
+class ReportSetup(_Section):
+    name: str = Field(..., description="A row group of the report, e.g. bbc-smollm2.")
+    overrides: list[str] = Field(default_factory=list, description="a.b=c overrides on the config for this setup.")
+    self_distillation: bool = Field(
+        False, description="True when the student is (a copy of) the teacher model: marked in the report."
+    )
+
+
+class ReportConfig(_Section):
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, description="train.seed of each run.")
+    variants: list[str] = Field(default_factory=lambda: list(REPORT_VARIANTS),
+                                description=f"Cells per setup and seed; allowed: {', '.join(REPORT_VARIANTS)}.")
+    setups: list[ReportSetup] = Field(default_factory=list,
+                                      description="Task x student combinations (empty: the config itself).")
+    out: AbsPath | None = Field(None, description="Where report.md/report.json go (default <work_dir>/reports/<name>).")
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, v: list[str]) -> list[str]:
+        unknown = [x for x in v if x not in REPORT_VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant {unknown[0]!r}; allowed: {', '.join(REPORT_VARIANTS)}")
+        return v
+
+
 class TrackingConfig(_Section):
     enabled: bool = True
     uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///<work_dir>/mlflow.db).")
@@ -281,12 +355,12 @@ class ServerConfig(_Section):
 
 class ExportConfig(_Section):
     merge: bool = Field(True, description="Merge LoRA into the base weights (False: save the adapter).")
-    dir: Path | None = None
+    dir: AbsPath | None = None
 
 
 class EvalConfig(_Section):
     split: Literal["dev", "test"] = "dev"
-    checkpoint: Path | None = Field(None, description="A checkpoint or export folder (default: the run's best).")
+    checkpoint: AbsPath | None = Field(None, description="A checkpoint or export folder (default: the run's best).")
     max_new_tokens: int = Field(
         32, ge=1, le=4096, description="Generative tasks: tokens generated per answer (greedy), in dev eval too."
     )
@@ -307,6 +381,7 @@ class ArmadaConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
