@@ -47,6 +47,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Optuna; every trial reads the one teacher cache. Main options: tune.num_samples, tune.scheduler, "
         "tune.searcher, tune.metric, tune.max_concurrent_trials.",
     ),
+    "probe": (
+        "armada_ray.probe:run_probe",
+        "the teacher's ceiling: a linear probe on the cached vectors beside the majority-class floor",
+        "Fits a logistic-regression probe (ridge for regression) on the cached train vectors and scores dev with "
+        "the task's metric; warns when it is within 2 points of the floor (no task signal in the teacher). "
+        "Needs `armada embed` first. Logged to MLflow as a run of kind probe.",
+    ),
+    "report": (
+        "armada_ray.report:run_report",
+        "the seeded study: probe, baseline, ARMADA variants and controls with intervals and paired tests",
+        "For each report.setups entry (task x student x teacher) and each of report.seeds: the linear probe, the "
+        "undistilled baseline, ARMADA with cosine/euclid/pointwise, both shuffle controls, a random frozen aligner, "
+        "alpha=0 and beta=0, run in this process (no Ray start-up per run). Writes report.md and report.json "
+        "under <work_dir>/reports/<name> and a parent MLflow run with the plot.",
+    ),
     "eval": (
         "armada_ray.evaluate:run_eval",
         "score a checkpoint or an export on a task split and write predictions",
@@ -123,7 +138,12 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    # overrides may stand before and after --config: argparse leaves the later ones unparsed
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "overrides", None) is not None:
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         parser.print_help()
         return 2
@@ -134,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg: ArmadaConfig = load_config(args.config, args.overrides)
-        if args.command in ("embed", "train", "tune", "eval", "demo"):
+        if args.command in ("embed", "train", "tune", "eval", "demo", "probe", "report"):
             from armada_ray.tasks import get_task
 
             get_task(cfg.task.name)  # an unknown task is refused before any stage starts

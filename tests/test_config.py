@@ -90,3 +90,21 @@ def test_flatten_has_no_secret_values():
     flat = flatten(cfg)
     assert flat["teacher.api_key_env"] == "MY_KEY"  # the variable's name, never its value
     assert flat["loss.alpha"] == 0.5
+
+
+def test_relative_paths_are_made_absolute_once_on_load_and_stay_so_in_another_cwd(tmp_path, monkeypatch):
+    """Issue 13: a Ray worker resolved ./armada_runs against its own working directory (Ray's artifacts folder)."""
+    from armada_ray.config import ArmadaConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["cache.dir=./c", "task.data_dir=data", "eval.checkpoint=ck"])
+    assert cfg.paths.work_dir == tmp_path / "armada_runs" and cfg.paths.work_dir.is_absolute()
+    assert cfg.cache.dir == tmp_path / "c" and cfg.task.data_dir == tmp_path / "data"
+    assert cfg.eval.checkpoint == tmp_path / "ck"
+    assert cfg.tracking_uri == f"sqlite:///{tmp_path / 'armada_runs' / 'mlflow.db'}"
+    # what the worker receives (the dumped config) validates to the same folders in any working directory
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    again = ArmadaConfig.model_validate(cfg.model_dump(mode="json"))
+    assert again.work_dir == cfg.work_dir and again.cache_root == tmp_path / "c"

@@ -115,6 +115,7 @@ class TeacherAligner(nn.Module):
         hidden: int = 768,
         proj_dim: int = 1024,
         dropout: float = 0.1,
+        init: str = "torch",
     ):
         super().__init__()
         if teacher_dim < 1 or hidden < 1 or proj_dim < 1 or num_classes < 0:
@@ -138,6 +139,29 @@ class TeacherAligner(nn.Module):
             )
             self.head_t2 = nn.Sequential(nn.Dropout(dropout), nn.Linear(proj_dim, num_classes))
         self.proj = orthogonal_linear(teacher_dim, proj_dim)
+        # per-dimension standardisation of x_t (train-split statistics, set by set_standardization); buffers, so
+        # they travel with the state dict into checkpoints and the export and apply at eval time too
+        self.register_buffer("input_mean", torch.zeros(teacher_dim))
+        self.register_buffer("input_std", torch.ones(teacher_dim))
+        if init not in ("torch", "normal"):
+            raise ValueError(f"TeacherAligner: init={init!r}; allowed: torch, normal")
+        self.init = init
+        if init == "normal":  # the reference code's initialisation of its linear layers
+            for m in self.modules():
+                if isinstance(m, nn.Linear) and not parametrize.is_parametrized(m):
+                    nn.init.normal_(m.weight, std=0.02)
+                    nn.init.zeros_(m.bias)
+
+    @torch.no_grad()
+    def set_standardization(self, vectors: torch.Tensor, eps: float = 1e-6) -> None:
+        """Standardise inputs with the per-dimension mean/std of ``vectors`` (the train split's teacher vectors).
+
+        Teacher vectors are often tiny and anisotropic (an L2-normalised 384-d sentence vector has entries of
+        about ±0.05; SD latents have per-channel offsets): unscaled, the aligner learns slowly from them.
+        """
+        v = torch.as_tensor(vectors, dtype=torch.float32)
+        self.input_mean.copy_(v.mean(0).to(self.input_mean))
+        self.input_std.copy_(v.std(0, unbiased=False).clamp_min(eps).to(self.input_std))
 
     @property
     def has_heads(self) -> bool:
@@ -145,6 +169,7 @@ class TeacherAligner(nn.Module):
 
     def forward(self, x: torch.Tensor) -> AlignerOutput:
         x = x.to(self.proj.parametrizations.weight.original.dtype)
+        x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
         p_t = self.proj(x)
         if self.branch_a is None or self.head_t2 is None:
             return AlignerOutput(None, None, p_t)
@@ -157,13 +182,15 @@ class TeacherAligner(nn.Module):
             "hidden": self.hidden,
             "proj_dim": self.proj_dim,
             "dropout": self.dropout_p,
+            "init": self.init,
         }
 
 
 def build_aligner(aligner_cfg, teacher_dim: int, num_classes: int) -> TeacherAligner:
     """A :class:`TeacherAligner` from an ``AlignerConfig``; frozen at random init when ``freeze_random``."""
     aligner = TeacherAligner(
-        teacher_dim, num_classes, hidden=aligner_cfg.hidden, proj_dim=aligner_cfg.proj_dim, dropout=aligner_cfg.dropout
+        teacher_dim, num_classes, hidden=aligner_cfg.hidden, proj_dim=aligner_cfg.proj_dim, dropout=aligner_cfg.dropout,
+        init=aligner_cfg.init,
     )
     if aligner_cfg.freeze_random:
         freeze(aligner)

@@ -34,6 +34,8 @@ class SplitArrays:
     labels: np.ndarray
     teacher: np.ndarray | None
     answers: list[str] | None = None  # generative tasks: the target texts
+    # teacher.shuffle=targets: the vectors whose aligner outputs the student learns from (another example's)
+    student_teacher: np.ndarray | None = None
 
 
 ANSWER_CUE = "\nanswer:"
@@ -62,6 +64,7 @@ class ArmadaDataset(Dataset):
         self.input_ids: list[list[int]] = self._encode(split, tokenizer, max_length)
         self.labels = split.labels
         self.teacher = split.teacher
+        self.student_teacher = split.student_teacher
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def _encode(self, split: SplitArrays, tokenizer: Any, max_length: int) -> list[list[int]]:
@@ -74,6 +77,8 @@ class ArmadaDataset(Dataset):
         item = {"index": i, "input_ids": self.input_ids[i], "label": self.labels[i]}
         if self.teacher is not None:
             item["teacher"] = self.teacher[i]
+        if self.student_teacher is not None:
+            item["student_teacher"] = self.student_teacher[i]
         return item
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -90,8 +95,9 @@ class ArmadaDataset(Dataset):
             "attention_mask": mask,
             "labels": torch.as_tensor(labels, dtype=torch.float32 if labels.dtype.kind == "f" else torch.long),
         }
-        if "teacher" in rows[0]:
-            out["teacher"] = torch.as_tensor(np.stack([r["teacher"] for r in rows]), dtype=torch.float32)
+        for key in ("teacher", "student_teacher"):
+            if key in rows[0]:
+                out[key] = torch.as_tensor(np.stack([r[key] for r in rows]), dtype=torch.float32)
         return out
 
 
@@ -170,7 +176,14 @@ def cache_coverage(cfg: ArmadaConfig, cache: Any, data: Any, split: str) -> tupl
 
 
 def shuffle_teacher(vectors: np.ndarray, seed: int) -> np.ndarray:
-    """Ablation control ``teacher.shuffle``: the same vectors, permuted across examples (fixed seed)."""
+    """Ablation control ``teacher.shuffle``: the same vectors, permuted across examples (fixed seed).
+
+    ``pairs`` feeds the permuted vectors to the aligner and the student alike: the aligner learns labels from
+    mismatched vectors, so what reaches the student is close to label smoothing. ``targets`` keeps the
+    aligner on the true pairs and gives the student the aligner's outputs for another example: the stronger
+    control, since the student then learns from confident, wrong soft labels. The paper's "shuffled teacher"
+    row (−1.8 %) most likely is ``pairs``: its code shuffles the image latents before the aligner sees them.
+    """
     return vectors[np.random.default_rng(seed).permutation(len(vectors))]
 
 
@@ -200,8 +213,11 @@ def build_splits(cfg: ArmadaConfig, with_teacher: bool) -> tuple[Any, dict[str, 
         teacher = None
         if with_teacher and name in ("train", "dev"):
             teacher = teacher_vectors_for(cfg, name, [teacher_prompt(cfg.teacher, spec, ex) for ex in rows])
-            if name == "train" and cfg.teacher.shuffle:
-                teacher = shuffle_teacher(teacher, cfg.teacher.shuffle_seed)
+        student_teacher = None
+        if teacher is not None and name == "train" and cfg.teacher.shuffle == "pairs":
+            teacher = shuffle_teacher(teacher, cfg.teacher.shuffle_seed)
+        elif teacher is not None and name == "train" and cfg.teacher.shuffle == "targets":
+            student_teacher = shuffle_teacher(teacher, cfg.teacher.shuffle_seed)
         answers = [ex.answer or "" for ex in rows] if generative else None
-        splits[name] = SplitArrays([ex.uid for ex in rows], prompts, labels, teacher, answers)
+        splits[name] = SplitArrays([ex.uid for ex in rows], prompts, labels, teacher, answers, student_teacher)
     return spec, splits

@@ -5,10 +5,19 @@ settings of it).
 the top, builds the student (DeepSpeed engine) and the aligner (DDP when there is more than one worker),
 then runs the schedule of DESIGN §2:
 
+- The aligner first (``aligner.fit=converge``, the default): before the student's first epoch it is fitted
+  on the cached train vectors (standardised with the train split's per-dimension mean/std, saved with it)
+  until its dev metric has not improved for ``aligner.fit_patience`` passes, then kept fixed while the
+  student trains. It is a small MLP over fixed vectors, so this costs seconds; one aligner pass per outer
+  epoch (the paper) left it near chance on small data (issue 12). ``aligner.fit=per_epoch`` is the paper's
+  schedule exactly:
 - ``alternating`` (the paper): per epoch one aligner epoch (AdamW ``aligner.lr``, clip 1.0), then one
-  student epoch with the aligner frozen (AdamW ``train.lr``, clip ``train.clip``). The student learns
-  against the best-so-far aligner (by dev metric), which is the one kept and exported.
+  student epoch with the aligner frozen (AdamW ``train.lr``, clip ``train.clip``);
 - ``joint``: one aligner step and one student step per batch.
+
+Which aligner the student learns against is ``aligner.student_targets``: ``best`` (the best-so-far by dev
+metric, also the one exported) or ``latest`` (the one just trained, as the reference code does; the best is
+still kept in the checkpoint and exported).
 
 Generative tasks (reasoning, instructions) run the same schedule with a ``GenerativeStudent``: LM loss on the
 answer tokens plus the manifold loss on the pooled prompt (``losses.generative_loss``; how the aligner is
@@ -42,6 +51,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from armada_ray.config import ArmadaConfig, dump_config
+from armada_ray.model.aligner_fit import fit_aligner
+from armada_ray.probe import class_targets, linear_probe, probe_line, score_predictions
 from armada_ray.train.data import build_splits, make_dataset
 from armada_ray.train import ops
 from armada_ray.train.ds_config import build_ds_config
@@ -74,12 +85,13 @@ def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
 class ArmadaWorker:
     """State and steps of one worker. Kept as a class so the schedule reads top to bottom in ``run``."""
 
-    def __init__(self, cfg: ArmadaConfig, session: Session, parent_run_id: str | None):
+    def __init__(self, cfg: ArmadaConfig, session: Session, parent_run_id: str | None, eval_test: bool = False):
         import deepspeed
 
         from armada_ray.model import build_aligner, build_student
 
         self.cfg, self.session = cfg, session
+        self.eval_test = eval_test  # score test at every new best dev epoch (armada report: select on dev)
         self.rank, self.world = session.rank, session.world_size
         self.device = session.device
         self.distill = cfg.loss.mode == "armada"
@@ -107,7 +119,10 @@ class ArmadaWorker:
         self.aligner_opt: torch.optim.Optimizer | None = None
         if self.distill:
             dim = self.splits["train"].teacher.shape[1]
-            aligner = build_aligner(cfg.aligner, teacher_dim=dim, num_classes=self.num_classes).to(self.device)
+            aligner = build_aligner(cfg.aligner, teacher_dim=dim, num_classes=self.num_classes)
+            if cfg.aligner.standardize:
+                aligner.set_standardization(torch.as_tensor(self.splits["train"].teacher))
+            aligner = aligner.to(self.device)
             # an open-answer generative task has no labels to train the aligner on: its p_t stays the seeded
             # orthogonal projection of the teacher (GenerativeStudent's docstring says why)
             trainable = not cfg.aligner.freeze_random and self.num_classes > 0
@@ -116,7 +131,8 @@ class ArmadaWorker:
                     aligner, device_ids=[self.device.index] if self.device.type == "cuda" else None
                 )
             self.aligner = aligner
-            self.aligner_opt = torch.optim.AdamW(aligner.parameters(), lr=cfg.aligner.lr) if trainable else None
+            self.aligner_opt = (torch.optim.AdamW(aligner.parameters(), lr=cfg.aligner.lr,
+                                                  weight_decay=cfg.aligner.weight_decay) if trainable else None)
             self.best_aligner = copy.deepcopy(_unwrap(aligner).state_dict())
 
         self.state: dict[str, Any] = {
@@ -175,6 +191,9 @@ class ArmadaWorker:
         return tracker
 
     def _save_checkpoint(self, metrics: dict[str, Any]) -> None:
+        if not self.session.keeps_checkpoints:  # a study cell in-process: the metrics are what it keeps
+            self.session.report(metrics)
+            return
         tmp = Path(tempfile.mkdtemp(prefix="armada-ckpt-"))
         self.engine.save_checkpoint(str(tmp / "deepspeed"), tag=CKPT_TAG)
         torch.save(_rng_state(), tmp / f"rng_rank{self.rank}.pt")
@@ -245,12 +264,12 @@ class ArmadaWorker:
         if self.generative:
             out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                               labels=batch["lm_labels"])
-            targets = self._aligner_targets(batch["teacher"]) if self.distill else None
+            targets = self._aligner_targets(batch.get("student_teacher", batch["teacher"])) if self.distill else None
             y = batch["labels"] if self.num_classes else None
             loss, comps = generative_loss(out, targets, self.cfg.loss, y=y, mask=None if y is None else y >= 0)
         elif self.distill:
             out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            targets = self._aligner_targets(batch["teacher"])
+            targets = self._aligner_targets(batch.get("student_teacher", batch["teacher"]))
             loss, comps = armada_loss(out, targets, batch["labels"], self.cfg.loss, regression=self.regression)
         else:
             out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -403,22 +422,68 @@ class ArmadaWorker:
 
     def evaluate_aligner(self, split: str = "dev") -> dict[str, Any]:
         """The aligner's own metric on ``split`` (every rank computes it on the full split: it is tiny)."""
-        from armada_ray.tasks import compute_metrics
-
         t = torch.as_tensor(self.splits[split].teacher, device=self.device)
         a_out = self._aligner_targets(t)
         result: dict[str, Any] = {"p_t": a_out.p_t.float().cpu().numpy()}
         if a_out.t1 is None:  # open-answer generative task: no class head to score
             return result
-        labels = self.splits[split].labels
-        if self.generative:  # the answer-class accuracy of branch A (rows with a class)
-            keep = labels >= 0
-            pred = a_out.t1.argmax(-1).cpu().numpy()
-            result["aligner_metric"] = float((pred[keep] == labels[keep]).mean()) if keep.any() else math.nan
-            return result
-        a_pred = a_out.t1.squeeze(-1) if self.regression else a_out.t1.argmax(-1)
-        a_preds = a_pred.float().tolist() if self.regression else a_pred.long().tolist()
-        result["aligner_metric"] = compute_metrics(self.spec, a_preds, labels.tolist())[self.spec.metric]
+        keep, refs = class_targets(self.spec, self.splits[split].labels)
+        result["aligner_metric"] = self._aligner_score(a_out.t1[torch.as_tensor(keep, device=a_out.t1.device)], refs)
+        return result
+
+    def _aligner_score(self, t1: torch.Tensor, refs: np.ndarray) -> float:
+        """The task metric of branch A's outputs (answer-class accuracy for generative tasks)."""
+        pred = t1.squeeze(-1).float() if self.regression else t1.argmax(-1)
+        return score_predictions(self.spec, pred.cpu().numpy(), refs)
+
+    def fit_aligner(self) -> dict[str, Any]:
+        """``aligner.fit=converge``: fit the aligner on the cached vectors until dev stops improving.
+
+        Every rank fits the same module on the same data with the same seed; rank 0's result is then
+        broadcast so the ranks hold identical weights whatever the hardware's determinism.
+        """
+        cfg, aligner = self.cfg, _unwrap(self.aligner)
+        tr, dv = self.splits["train"], self.splits["dev"]
+        keep_tr, y_tr = class_targets(self.spec, tr.labels)
+        keep_dv, y_dv = class_targets(self.spec, dv.labels)
+        as_t = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
+        fit = fit_aligner(
+            aligner, self.aligner_opt, as_t(tr.teacher[keep_tr]), as_t(y_tr), as_t(dv.teacher[keep_dv]),
+            lambda t1: self._aligner_score(t1, y_dv), gamma=cfg.loss.gamma, regression=self.regression,
+            batch_size=cfg.aligner.batch_size, max_epochs=cfg.aligner.fit_max_epochs,
+            patience=cfg.aligner.fit_patience, seed=cfg.train.seed,
+            higher_is_better=not (self.regression and self.spec.metric == "mse"),
+            log=self.session.log if self.rank == 0 else None,
+        )
+        aligner.load_state_dict(fit.best_state if cfg.aligner.student_targets == "best" else fit.latest_state)
+        if self.world > 1:
+            for t in aligner.state_dict().values():
+                dist.broadcast(t, src=0)
+        self.best_aligner = copy.deepcopy(aligner.state_dict()) if cfg.aligner.student_targets == "best" \
+            else fit.best_state
+        self.state["best_aligner_metric"] = fit.best_metric
+        self.state["aligner_fit"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
+                                     "best_dev_metric": fit.best_metric}
+        if self.tracker is not None:
+            for point in fit.curve:
+                self.tracker.log_metrics({"aligner_fit_loss": point["loss"],
+                                          "aligner_fit_dev_metric": point["dev_metric"]}, step=int(point["epoch"]))
+        return self.state["aligner_fit"]
+
+    def probe(self) -> dict[str, Any] | None:
+        """The linear probe on the teacher vectors (the ceiling the aligner is read against), rank 0 only."""
+        if self.rank != 0 or self.num_classes == 0:
+            return None
+        tr, dv = self.splits["train"], self.splits["dev"]
+        try:
+            result = linear_probe(self.spec, tr.teacher, tr.labels, dv.teacher, dv.labels, seed=self.cfg.train.seed)
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must never stop training
+            self.session.log(f"warning: linear probe skipped ({exc})")
+            return None
+        self.session.log(probe_line(result))
+        if self.tracker is not None:
+            self.tracker.log_metrics({"probe_dev_metric": result["probe_dev_metric"],
+                                      "floor_dev_metric": result["floor_dev_metric"]})
         return result
 
     def _is_better(self, value: float, best: float | None) -> bool:
@@ -437,30 +502,40 @@ class ArmadaWorker:
                 f"{len(self.datasets['dev'])} dev rows, {self.world} worker(s), loss.mode={cfg.loss.mode}, "
                 f"schedule={cfg.train.schedule}, ZeRO-{cfg.train.zero_stage}) from epoch {start + 1}"
             )
+        per_epoch = self.distill and self.aligner_opt is not None and cfg.aligner.fit == "per_epoch"
+        if self.distill:
+            probe = self.probe()
+            if probe is not None:
+                self.state["probe"] = {k: probe[k] for k in ("probe_dev_metric", "floor_dev_metric")}
+            if self.aligner_opt is not None and cfg.aligner.fit == "converge" and "aligner_fit" not in self.state:
+                self.fit_aligner()
         for epoch in range(start, cfg.train.epochs):
             t_epoch = time.perf_counter()
             rec: dict[str, Any] = {"epoch": epoch + 1}
-            if self.distill and cfg.train.schedule == "alternating":
+            if per_epoch and cfg.train.schedule == "alternating":
                 rec.update(self.aligner_epoch(epoch))
-                if self.aligner_opt is not None:
-                    a_metric = self.evaluate_aligner("dev")["aligner_metric"]
-                    if self._is_better(a_metric, self.state["best_aligner_metric"]):
-                        self.state["best_aligner_metric"] = a_metric
-                        self.best_aligner = copy.deepcopy(_unwrap(self.aligner).state_dict())
-                    # the student learns against the best-so-far aligner (the one that is kept)
+                a_metric = self.evaluate_aligner("dev")["aligner_metric"]
+                if self._is_better(a_metric, self.state["best_aligner_metric"]):
+                    self.state["best_aligner_metric"] = a_metric
+                    self.best_aligner = copy.deepcopy(_unwrap(self.aligner).state_dict())
+                if cfg.aligner.student_targets == "best":
                     _unwrap(self.aligner).load_state_dict(self.best_aligner)
-            rec.update(self.student_epoch(epoch, joint=self.distill and cfg.train.schedule == "joint"))
+            rec.update(self.student_epoch(epoch, joint=per_epoch and cfg.train.schedule == "joint"))
             ev = self.evaluate("dev")
             rec["dev_metric"] = ev["dev_metric"]
             rec.update({f"dev_{k}": v for k, v in ev["metrics"].items()})
             if "aligner_metric" in ev:
                 rec["aligner_dev_metric"] = ev["aligner_metric"]
+                if "probe" in self.state:
+                    rec["probe_dev_metric"] = self.state["probe"]["probe_dev_metric"]
                 if cfg.train.schedule == "joint" and self._is_better(ev["aligner_metric"],
                                                                       self.state["best_aligner_metric"]):
                     self.state["best_aligner_metric"] = ev["aligner_metric"]
                     self.best_aligner = copy.deepcopy(_unwrap(self.aligner).state_dict())
             if self._is_better(ev["dev_metric"], self.state["best_dev_metric"]):
                 self.state["best_dev_metric"] = ev["dev_metric"]
+                if self.eval_test and "test" in self.splits:
+                    self.state["test_at_best_dev"] = self.evaluate("test")["dev_metric"]
             rec["best_dev_metric"] = self.state["best_dev_metric"]
             rec["epoch_s"] = time.perf_counter() - t_epoch
             self.state["epoch"] = epoch + 1

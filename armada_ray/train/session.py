@@ -21,6 +21,7 @@ class Session:
     world_size: int
     device: torch.device
     teacher_fingerprint_id: str | None = None
+    keeps_checkpoints = True  # class attribute: a Ray Train run checkpoints every epoch
 
     @classmethod
     def from_ray(cls, teacher_fingerprint_id: str | None = None) -> "Session":
@@ -53,3 +54,56 @@ class Session:
 
     def log(self, message: str) -> None:
         print(f"[armada rank {self.rank}] {message}", file=sys.stdout, flush=True)
+
+
+@dataclass
+class LocalSession(Session):
+    """One rank in this process, without Ray: what ``armada report`` runs many cells in.
+
+    A Ray Train run pays ≈ 30 s of start-up (controller, worker group, process group) before its first step;
+    a study of dozens of small cells that each fit one worker would spend most of its time there. Here the
+    gloo process group is created once per process (:func:`init_local_process_group`) and every cell reuses
+    it. Reports are kept in memory; no checkpoint is written (``keeps_checkpoints`` is False).
+    """
+
+    reports: list[dict[str, Any]] | None = None
+    quiet: bool = False
+    keeps_checkpoints = False
+
+    @classmethod
+    def create(cls, device: str = "cpu", teacher_fingerprint_id: str | None = None, quiet: bool = False
+               ) -> "LocalSession":
+        init_local_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return cls(0, 1, torch.device(device), teacher_fingerprint_id, reports=[], quiet=quiet)
+
+    def get_checkpoint(self) -> Any:
+        return None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        assert self.reports is not None
+        self.reports.append(dict(metrics))
+
+    def placement(self) -> str:
+        return "placement: rank 0 of 1 in this process (no Ray)"
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            super().log(message)
+
+
+def init_local_process_group(backend: str = "gloo") -> None:
+    """A one-rank torch.distributed group on loopback (DeepSpeed needs one), created once per process."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
+        os.environ[key] = value
+    dist.init_process_group(backend, rank=0, world_size=1)
