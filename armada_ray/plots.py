@@ -319,3 +319,42 @@ def plot_embedding_map(
     ]
     ax.legend(handles=markers + legend, fontsize="small", loc="best", ncols=1 if len(legend) <= 8 else 2)
     return fig
+
+
+# ---------------------------------------------------------------------------------- ablation study
+
+def plot_ablation(cells: Sequence[Mapping[str, Any]], probes: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """One panel per setup: the test metric of every variant (mean, 95 % interval, each seed as a dot),
+    with the baseline's mean as a dashed line and the linear probe's dev score as a dotted one."""
+    setups = list(dict.fromkeys(str(c["setup"]) for c in cells))
+    fig = _figure(max(7.0, 0.8 * max((sum(1 for c in cells if c["setup"] == s) for s in setups), default=1)),
+                  3.6 * max(len(setups), 1))
+    axes = fig.subplots(max(len(setups), 1), 1, squeeze=False)[:, 0]
+    if not setups:
+        return _empty(fig, axes[0], "no cells")
+    for ax, setup in zip(axes, setups):
+        rows = [c for c in cells if c["setup"] == setup]
+        x = np.arange(len(rows))
+        means = [_number(c.get("mean")) for c in rows]
+        errs = [_number(c.get("ci95")) or 0.0 for c in rows]
+        colors = ["0.55" if c["variant"] == "baseline" else "tab:blue" if str(c["variant"]).startswith("armada")
+                  else "tab:orange" for c in rows]
+        ax.bar(x, [m if m is not None else 0.0 for m in means], yerr=errs, color=colors, alpha=0.75, capsize=4)
+        for i, c in enumerate(rows):
+            pts = [_number(v) for v in c.get("seed_scores") or []]
+            pts = [p for p in pts if p is not None]
+            ax.scatter([i] * len(pts), pts, s=12, color="k", zorder=3)
+        base = next((m for c, m in zip(rows, means) if c["variant"] == "baseline" and m is not None), None)
+        if base is not None:
+            ax.axhline(base, color="0.3", linestyle="--", linewidth=1, label="baseline mean")
+        probe = _number((probes.get(setup) or {}).get("probe_dev_metric"))
+        if probe is not None:
+            ax.axhline(probe, color="tab:green", linestyle=":", linewidth=1.5, label="linear probe (dev)")
+        finite = [m for m in means if m is not None] + ([probe] if probe is not None else [])
+        if finite:
+            ax.set_ylim(max(0.0, min(finite) - 0.1), min(1.0, max(finite) + 0.05) if max(finite) <= 1 else None)
+        ax.set_xticks(x, [str(c["variant"]) for c in rows], rotation=30, ha="right", fontsize="small")
+        ax.set_title(f"{setup}: test metric at the best dev epoch")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize="small", loc="lower right")
+    return fig

@@ -1,0 +1,56 @@
+"""The README's commands on the default relative ``paths.work_dir`` (``./armada_runs``), run as a user would
+(issue 13: Ray workers resolved it against their own working directory and missed the cache)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# the demo config with a local teacher (no server) and tiny shapes; paths.work_dir stays the default
+SMALL = ["task.name=pang_lee_polarity", "task.max_train=32", "task.max_dev=16", "task.max_test=16",
+         "student.model=tiny-llama", "student.lora.layers_to_transform=null", "student.max_length=32",
+         "teacher={kind: hf, model: minilm, stand_in: true}", "aligner.hidden=32", "aligner.proj_dim=16",
+         "train.epochs=1", "train.report_every=2"]
+
+
+def armada(cwd: Path, *args: str, timeout: int = 420) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-m", "armada_ray.cli", *args, "--config", "jobs/demo.yaml", *SMALL,
+                          "--json"], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"armada {args}: {out.stdout[-2500:]}\n{out.stderr[-2500:]}"
+    return {"json": json.loads(out.stdout.strip().splitlines()[-1]), "out": out.stdout + out.stderr}
+
+
+@pytest.mark.slow
+def test_embed_probe_train_eval_on_the_default_relative_work_dir(tmp_path):
+    (tmp_path / "jobs").symlink_to(ROOT / "jobs")  # `--config jobs/demo.yaml` from a checkout's root
+    work = tmp_path / "armada_runs"
+    embed = armada(tmp_path, "embed")["json"]
+    assert Path(embed["cache_path"]).is_relative_to(work)
+
+    probe = armada(tmp_path, "probe")
+    assert 0.0 <= probe["json"]["floor_dev_metric"] <= probe["json"]["probe_dev_metric"] <= 1.0
+    assert "linear probe on the teacher vectors" in probe["out"]
+
+    train = armada(tmp_path, "train")
+    summary = train["json"]
+    assert Path(summary["run_dir"]).is_relative_to(work) and Path(summary["best_checkpoint"]).is_relative_to(work)
+    assert "aligner fitted: best dev metric" in train["out"] and "linear probe on the teacher vectors" in train["out"]
+
+    ev = armada(tmp_path, "eval", f"eval.checkpoint={summary['best_checkpoint']}")["json"]
+    assert 0.0 <= ev["metric_value"] <= 1.0
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("demo")
+    kinds = sorted(r.data.tags.get("armada.kind") for r in client.search_runs([exp.experiment_id]))
+    assert {"train", "probe"} <= set(kinds), kinds
+    assert not list(tmp_path.glob("**/session_*/artifacts/**/armada_runs"))
