@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -151,6 +152,10 @@ class TaskConfig(_Section):
     max_dev: int | None = Field(None, ge=1)
     max_test: int | None = Field(None, ge=1)
     seed: int = Field(13, description="Seed of the fixed train/dev/test split.")
+    transfer_rows: int = Field(
+        0, ge=0, description="Transfer set (beyond the paper): this many train rows beyond task.max_train, embedded "
+                             "by the teacher and labelled by the aligner; the student learns from them without labels.",
+    )
 
 
 class LoraConfig(_Section):
@@ -276,7 +281,7 @@ class TuneConfig(_Section):
 
 
 REPORT_VARIANTS = ("baseline", "armada-cosine", "armada-euclid", "armada-pointwise", "shuffle-pairs",
-                   "shuffle-targets", "random-aligner", "alpha0", "beta0")
+                   "shuffle-targets", "random-aligner", "alpha0", "beta0", "transfer")
 
 
 class ReportSetup(_Section):
@@ -289,10 +294,11 @@ class ReportSetup(_Section):
 
 class ReportConfig(_Section):
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, description="train.seed of each run.")
-    variants: list[str] = Field(default_factory=lambda: list(REPORT_VARIANTS),
+    variants: list[str] = Field(default_factory=lambda: [v for v in REPORT_VARIANTS if v != "transfer"],
                                 description=f"Cells per setup and seed; allowed: {', '.join(REPORT_VARIANTS)}.")
     setups: list[ReportSetup] = Field(default_factory=list,
                                       description="Task x student combinations (empty: the config itself).")
+    transfer_rows: int = Field(320, ge=1, description="Variant transfer: task.transfer_rows of its cells.")
     out: AbsPath | None = Field(None, description="Where report.md/report.json go (default <work_dir>/reports/<name>).")
 
     @field_validator("variants")
@@ -536,9 +542,29 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     return build_config(apply_overrides(data, overrides or []))
 
 
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@")
+
+
+def redact_url_credentials(text: str) -> str:
+    """``https://user:pass@host`` -> ``https://user:***@host`` (endpoints and tracking URIs in logs)."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_url_credentials(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def dump_config(cfg: ArmadaConfig) -> str:
-    """The resolved config as YAML (saved with every run)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML (saved with every run), with credentials inside URLs masked (issue 13: a
+    key in ``teacher.endpoint=http://user:KEY@host/v1`` was saved in clear). Nothing reads a saved config's
+    endpoint to reach the teacher: training reads the cache, and the cache fingerprint ignores credentials."""
+    return yaml.safe_dump(_redacted(cfg.model_dump(mode="json")), sort_keys=False)
 
 
 def save_config(cfg: ArmadaConfig, folder: Path) -> Path:

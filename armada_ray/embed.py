@@ -205,7 +205,7 @@ def task_prompts(cfg: ArmadaConfig) -> tuple[list[dict[str, str]], dict[str, Any
 
     data = load_task(cfg.task)
     rows = []
-    for split in ("train", "dev", "test"):
+    for split in ("train", "dev", "test", "transfer"):
         for ex in data.split(split):
             rows.append({"uid": ex.uid, "split": split, "prompt": teacher_prompt(cfg.teacher, data.spec, ex)})
     return rows, {"task": data.spec.name, "splits": data.sizes()}

@@ -24,8 +24,9 @@ MAX_PROBE_ROWS = 20000  # a seeded subsample above this: the probe is a ceiling 
 
 
 def class_targets(spec: Any, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows that carry a class, their labels): generative tasks with a fixed answer set mark others -1."""
-    keep = labels >= 0 if spec.kind == "generative" else np.ones(len(labels), dtype=bool)
+    """(rows that carry a class, their labels): -1 marks the others (a generative answer outside the fixed
+    set, a transfer-set row); regression targets are all kept."""
+    keep = np.ones(len(labels), dtype=bool) if spec.kind == "regression" else labels >= 0
     return keep, labels[keep]
 
 

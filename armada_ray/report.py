@@ -37,6 +37,7 @@ VARIANT_OVERRIDES: dict[str, list[str]] = {
     "random-aligner": ["aligner.freeze_random=true"],
     "alpha0": ["loss.alpha=0"],
     "beta0": ["loss.beta=0"],
+    "transfer": [],  # task.transfer_rows=report.transfer_rows (beyond the paper)
 }
 ARMADA_VARIANTS = ("armada-cosine", "armada-euclid", "armada-pointwise")
 
@@ -91,6 +92,8 @@ def cell_config(setup_cfg: ArmadaConfig, variant: str, seed: int) -> ArmadaConfi
     data = setup_cfg.model_dump(mode="json")
     over = [*VARIANT_OVERRIDES[variant], f"train.seed={seed}", "tracking.enabled=false",
             f"run_name=report-{variant}-seed{seed}"]
+    if variant == "transfer":
+        over.append(f"task.transfer_rows={setup_cfg.report.transfer_rows}")
     return build_config(apply_overrides(data, over))
 
 
@@ -106,6 +109,10 @@ def check_report_plan(cfg: ArmadaConfig) -> list[tuple[str, ArmadaConfig, bool]]
             update={"mode": "armada"})})
         try:
             check_plan(probe_cfg)
+            if "transfer" in cfg.report.variants:  # its rows need teacher vectors too
+                from armada_ray.train.data import build_splits
+
+                build_splits(cell_config(scfg, "transfer", cfg.report.seeds[0]), with_teacher=True)
         except ConfigError as exc:
             problems += [f"report setup {name!r}: {p}" for p in exc.problems]
     if problems:

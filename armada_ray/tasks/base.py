@@ -91,14 +91,17 @@ class TaskData:
     test: list[Example]
     skipped: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # task.transfer_rows: train rows beyond the labelled cap, used without their labels (the transfer set)
+    transfer: list[Example] = field(default_factory=list)
 
     def split(self, name: str) -> list[Example]:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; allowed: {', '.join(SPLITS)}")
+        if name not in (*SPLITS, "transfer"):
+            raise ValueError(f"unknown split {name!r}; allowed: {', '.join(SPLITS)}, transfer")
         return getattr(self, name)
 
     def sizes(self) -> dict[str, int]:
-        return {name: len(getattr(self, name)) for name in SPLITS}
+        sizes = {name: len(getattr(self, name)) for name in SPLITS}
+        return {**sizes, "transfer": len(self.transfer)} if self.transfer else sizes
 
 
 # ----------------------------------------------------------------------------------------- prompts
@@ -287,12 +290,20 @@ def finalize(spec: TaskSpec, cfg: "TaskConfig", train: list[Example], dev: list[
             notes.append(f"{name} capped at task.max_{name}={cap} of {len(rows)} rows (seed {cfg.seed})")
         if not out[name]:
             raise ConfigError(f"task.name={spec.name!r}: the {name} split is empty")
+    transfer: list[Example] = []
+    if cfg.transfer_rows:
+        kept = {ex.uid for ex in out["train"]}
+        pool = [ex for ex in train if ex.uid not in kept]
+        # its labels are never read: the aligner labels these rows (train/loop.py)
+        transfer = subsample(pool, cfg.transfer_rows, cfg.seed + 1, False)
+        notes.append(f"transfer set: {len(transfer)} unlabelled rows from the {len(pool)} train rows beyond "
+                     f"task.max_train (task.transfer_rows={cfg.transfer_rows})")
     if skipped:
         by_place = Counter((Path(str(s["file"])).name, s["field"]) for s in skipped)
         summary = ", ".join(f"{f} field {fld!r}: {c}" for (f, fld), c in by_place.most_common(5))
         first = skipped[0]
         log.warning("task %s: %d source rows skipped (%s); first: %s row %s: %s", spec.name, len(skipped),
                     summary, first["file"], first["row"], first["reason"])
-    data = TaskData(spec, out["train"], out["dev"], out["test"], skipped, notes)
+    data = TaskData(spec, out["train"], out["dev"], out["test"], skipped, notes, transfer)
     log.info("task %s: train %d, dev %d, test %d", spec.name, *data.sizes().values())
     return data

@@ -220,4 +220,23 @@ def build_splits(cfg: ArmadaConfig, with_teacher: bool) -> tuple[Any, dict[str, 
             student_teacher = shuffle_teacher(teacher, cfg.teacher.shuffle_seed)
         answers = [ex.answer or "" for ex in rows] if generative else None
         splits[name] = SplitArrays([ex.uid for ex in rows], prompts, labels, teacher, answers, student_teacher)
+    if with_teacher and data.transfer:
+        splits["train"] = _with_transfer(cfg, spec, splits["train"], data.transfer)
     return spec, splits
+
+
+def _with_transfer(cfg: ArmadaConfig, spec: Any, train: SplitArrays, rows: list[Any]) -> SplitArrays:
+    """The train split followed by the transfer set: label -1 (the loop labels those rows with the aligner's
+    prediction), their own teacher vectors (never shuffled)."""
+    from armada_ray.tasks import example_prompt
+    from armada_ray.teachers.prompts import teacher_prompt
+
+    if spec.kind != "classification":
+        raise ConfigError(f"config error: task.transfer_rows={cfg.task.transfer_rows}: the transfer set needs a "
+                          f"classification task; {spec.name!r} is {spec.kind}")
+    vectors = teacher_vectors_for(cfg, "transfer", [teacher_prompt(cfg.teacher, spec, ex) for ex in rows])
+    student = None if train.student_teacher is None else np.concatenate([train.student_teacher, vectors])
+    return SplitArrays(
+        train.uids + [ex.uid for ex in rows], train.prompts + [example_prompt(spec, ex) for ex in rows],
+        np.concatenate([train.labels, np.full(len(rows), -1, dtype=train.labels.dtype)]),
+        np.concatenate([train.teacher, vectors]), None, student)

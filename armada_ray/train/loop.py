@@ -245,7 +245,7 @@ class ArmadaWorker:
 
         self.aligner.train()
         teacher, labels = batch["teacher"], batch["labels"]
-        if self.generative:  # rows whose answer is none of the choices (label -1) cannot supervise it
+        if not self.regression:  # label -1: an answer outside the choices, or a transfer-set row
             keep = labels >= 0
             if not bool(keep.any()):
                 return math.nan
@@ -270,7 +270,10 @@ class ArmadaWorker:
         elif self.distill:
             out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             targets = self._aligner_targets(batch.get("student_teacher", batch["teacher"]))
-            loss, comps = armada_loss(out, targets, batch["labels"], self.cfg.loss, regression=self.regression)
+            labels = batch["labels"]
+            if not self.regression and targets.t1 is not None:  # transfer-set rows: the aligner's label
+                labels = torch.where(labels >= 0, labels, targets.t1.argmax(-1))
+            loss, comps = armada_loss(out, targets, labels, self.cfg.loss, regression=self.regression)
         else:
             out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             loss = baseline_loss(out, batch["labels"], regression=self.regression)

@@ -1,0 +1,81 @@
+"""The seeded study of issue 12: does the student learn from the teacher, and which part of ARMADA does it?
+
+One run: `armada embed` (the teacher's vectors, transfer rows included) → `armada report` (every variant ×
+seed in one process) → one `armada train` of the baseline cell through Ray Train, whose start-up beside the
+report's in-process cells is the per-run overhead before/after. value = mean paired test gain (points) of
+the best ARMADA variant (cosine/euclid/pointwise) over the undistilled baseline on bbc_topics.
+
+Full: jobs/ablation.yaml as committed (bbc_topics, SmolLM2-135M LoRA, 3 seeds, all variants + transfer),
+saved to benchmarks/results/ablation.json. --quick: the tiny LLaMA student on 24 pang_lee rows, 2 seeds, 3
+variants; printed only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, emit  # noqa: E402
+
+QUICK = ["task.name=pang_lee_polarity", "task.max_train=24", "task.max_dev=12", "task.max_test=12",
+         "student.model=tiny-llama", "student.lora.layers_to_transform=null", "student.max_length=32",
+         "aligner.hidden=32", "aligner.proj_dim=16", "train.epochs=1", "report.seeds=[1, 2]",
+         "report.variants=[baseline, armada-cosine, armada-pointwise]", "report.setups=[]"]
+
+
+def armada(*args: str) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "armada_ray.cli", *args, "--json"], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"armada {args[0]} failed with exit {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="reduced size, < 3 min on 2 cores; prints, does not save")
+    args = ap.parse_args()
+    base = ["--config", "jobs/ablation.yaml"]
+    if args.quick:
+        base += [f"paths.work_dir={tempfile.mkdtemp(prefix='armada-bench-ablation-')}", *QUICK]
+    t0 = time.perf_counter()
+    transfer = [] if args.quick else ["task.transfer_rows=160"]  # = report.transfer_rows: the transfer cells' rows
+    armada("embed", *base, *transfer)
+    result = armada("report", *base)
+    # the same baseline cell through Ray Train: its start-up is what each in-process cell does not pay
+    seed = result["seeds"][0]
+    setup = result["cells"][0]["setup"]
+    over = next((s["overrides"] for s in _setups(base) if s["name"] == setup), [])
+    ray_run = armada("train", *base, *over, "loss.mode=baseline", f"train.seed={seed}", "tracking.enabled=false",
+                     f"run_name=ablation-overhead-{int(time.time())}")
+    history = json.loads((Path(ray_run["run_dir"]) / "summary.json").read_text())["history"]
+    before = ray_run["wall_s"] - sum(h.get("epoch_s", 0.0) for h in history)
+    cell = next(c for c in result["cells"] if c["variant"] == "baseline")
+    result.update({"per_run_overhead_s_ray_train": round(before, 2),
+                   "baseline_seed_test_in_process": cell["seed_scores"][0],
+                   "baseline_seed_dev_ray_train": ray_run["best_dev_metric"],
+                   "benchmark_wall_s": round(time.perf_counter() - t0, 1)})
+    if args.quick:  # the per-run details stay in the full result only
+        for c in result["cells"]:
+            c.pop("runs", None)
+    emit(result, quick=args.quick)
+
+
+def _setups(base: list[str]) -> list[dict]:
+    from armada_ray.config import load_config
+
+    cfg = load_config(base[1], base[2:])
+    return [s.model_dump() for s in cfg.report.setups]
+
+
+if __name__ == "__main__":
+    main()
