@@ -56,6 +56,7 @@ def run_demo(cfg: ArmadaConfig) -> dict[str, Any]:
 
             stats, dt = _timed("embed: teacher fan-out into the cache", lambda: run_embed(cfg))
             summary["stages"]["embed"] = {**stats, "wall_s": round(dt, 1)}
+            summary["probe"] = _probe(cfg)
         if _stage("tune", ["armada_ray.tune", "armada_ray.train.trainer", "armada_ray.tracking"]):
             from armada_ray.tune import run_tune
 
@@ -68,6 +69,19 @@ def run_demo(cfg: ArmadaConfig) -> dict[str, Any]:
     summary["wall_s"] = round(time.perf_counter() - t_start, 1)
     _print_table(cfg, summary)
     return summary
+
+
+def _probe(cfg: ArmadaConfig) -> dict[str, Any] | None:
+    """The teacher's ceiling on the task (``armada probe``), printed before any training."""
+    from armada_ray.probe import probe_for_config, probe_line
+
+    try:
+        result = probe_for_config(cfg)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic never stops the demo
+        print(f"[armada demo] no linear probe ({exc})", flush=True)
+        return None
+    print(f"[armada demo] {probe_line(result)}", flush=True)
+    return result
 
 
 def _eval_and_export(cfg: ArmadaConfig, sweep: dict[str, Any], summary: dict[str, Any]) -> None:
@@ -107,6 +121,13 @@ def _print_table(cfg: ArmadaConfig, summary: dict[str, Any]) -> None:
         for label, r in results.items():
             dev = f"{r['dev']:.4f}" if r["dev"] is not None else "-"
             print(f"{label:<36}{dev:>14}{r['test']:>15.4f}")
+    probe, tune = summary.get("probe"), stages.get("tune", {})
+    if probe:
+        aligner = tune.get("best_aligner_dev_metric")
+        line = (f"\nteacher ceiling: linear probe on the cached vectors, dev {probe['metric']} "
+                f"{probe['probe_dev_metric']:.4f} (majority floor {probe['floor_dev_metric']:.4f})")
+        print(line + (f"; best trial's aligner dev {aligner:.4f}" if aligner is not None else ""))
+    print("one seed each: `armada report --config jobs/ablation.yaml` compares them over seeds with intervals")
     if "export_dir" in summary:
         print(f"\nexport  {summary['export_dir']}")
     if "tune" in stages and stages["tune"].get("mlflow_url"):

@@ -164,6 +164,8 @@ def collect_trials(sweep_dir: Path) -> list[dict[str, Any]]:
         best = max(scored, key=lambda pm: pm[1]["dev_metric"], default=None)
         trial["best_dev_metric"] = best[1]["dev_metric"] if best else None
         trial["best_checkpoint"] = str(best[0]) if best else None
+        for key in ("aligner_dev_metric", "probe_dev_metric"):  # the teacher side beside the student
+            trial[key] = best[1].get(key) if best else None
         latest = ckpts[-1][0] / "state.json" if ckpts else None
         trial["mlflow_run_id"] = json.loads(latest.read_text()).get("mlflow_run_id") if latest and latest.exists() \
             else None
@@ -287,6 +289,8 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
         "best_trial": best["run_name"],
         "best_params": best["params"],
         "best_dev_metric": best["best_dev_metric"],
+        "best_aligner_dev_metric": best.get("aligner_dev_metric"),
+        "probe_dev_metric": best.get("probe_dev_metric"),
         "best_checkpoint": best["best_checkpoint"],
         "export_dir": exported["export_dir"],
         "registered_model_version": version,
