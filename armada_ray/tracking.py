@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from armada_ray import environ
-from armada_ray.config import ArmadaConfig, ConfigError, dump_config, flatten
+from armada_ray.config import ArmadaConfig, ConfigError, dump_config, flatten, redact_url_credentials
 
 if TYPE_CHECKING:  # mlflow and matplotlib are imported where used: a disabled tracker needs neither
     from matplotlib.figure import Figure
@@ -326,14 +326,6 @@ def scrub_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         else:
             kept[key] = value
     return kept, dropped
-
-
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@")
-
-
-def redact_url_credentials(text: str) -> str:
-    """``https://user:pass@host`` -> ``https://user:***@host`` (endpoints and tracking URIs in logs)."""
-    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 def clean_key(name: str) -> str:

@@ -108,3 +108,12 @@ def test_relative_paths_are_made_absolute_once_on_load_and_stay_so_in_another_cw
     monkeypatch.chdir(other)
     again = ArmadaConfig.model_validate(cfg.model_dump(mode="json"))
     assert again.work_dir == cfg.work_dir and again.cache_root == tmp_path / "c"
+
+
+def test_a_key_inside_the_endpoint_url_is_never_saved(tmp_path):
+    from armada_ray.config import save_config
+
+    cfg = load_config(None, ["teacher.endpoint=http://user:sk-SECRET-123@127.0.0.1:9/v1", f"paths.work_dir={tmp_path}"])
+    text = save_config(cfg, tmp_path).read_text()
+    assert "sk-SECRET-123" not in text and "http://user:***@127.0.0.1:9/v1" in text
+    assert cfg.teacher.endpoint.endswith("sk-SECRET-123@127.0.0.1:9/v1")  # the live config still reaches the API
