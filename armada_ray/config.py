@@ -40,8 +40,39 @@ def _absolute(path: Path | None) -> Path | None:
 AbsPath = Annotated[Path, AfterValidator(_absolute)]
 
 
+def _numeric(annotation: Any) -> bool:
+    """True for an int/float field (optionally | None) that does not also accept a bool."""
+    import types
+    import typing
+
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return bool(set(args) & {int, float}) and bool not in args
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # inf/nan are refused everywhere (issue 13: loss.beta=.inf and train.lr=inf were accepted)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, data: Any) -> Any:
+        """``train.epochs=true`` became 1: a boolean given for a number fails that field's validation."""
+        if isinstance(data, dict):
+            bad = {k: _BoolGiven(v) for k, v in data.items() if isinstance(v, bool) and k in cls.model_fields
+                   and _numeric(cls.model_fields[k].annotation)}
+            if bad:
+                data = {**data, **bad}
+        return data
+
+
+class _BoolGiven:
+    """Stands in for a boolean given where a number is expected, so the field's own error names key and value."""
+
+    def __init__(self, value: bool):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"{str(self.value).lower()} (a boolean, not a number)"
 
 
 # ----------------------------------------------------------------------------------------- sections
@@ -181,6 +212,15 @@ class StudentConfig(_Section):
     freeze_layers_below: int | None = Field(
         None, ge=0, description="Full fine-tuning only: freeze embeddings and layers below this index."
     )
+
+    @model_validator(mode="after")
+    def _lora_or_freeze(self) -> "StudentConfig":
+        # refused on load, not after ~50 s inside the Ray worker (issue 13)
+        if self.lora.enabled and self.freeze_layers_below is not None:
+            raise ValueError("student.freeze_layers_below applies to full fine-tuning only; set "
+                             "student.lora.enabled=false, or place LoRA on the top layers with "
+                             "student.lora.layers_to_transform")
+        return self
 
 
 class AlignerConfig(_Section):
@@ -513,6 +553,8 @@ def _format_error(err: dict[str, Any]) -> str:
         tag = ctx.get("discriminator", "'kind'").strip("'")
         value = err.get("input", {}).get(tag) if isinstance(err.get("input"), dict) else err.get("input")
         return f"config error: {key}.{tag}={value!r}: allowed: {ctx.get('expected_tags')}"
+    if err["type"] == "value_error" and isinstance(err.get("input"), dict):  # a cross-field rule of a section
+        return f"config error: {key}: {msg.removeprefix('Value error, ')}"
     return f"config error: {key}={err.get('input')!r}: {msg}"
 
 
@@ -529,12 +571,23 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config error: --config {str(p)!r} is a directory; give a YAML file such as "
+                              "jobs/demo.yaml")
         if not p.is_file():
             raise ConfigError(f"config error: --config {str(p)!r}: no such file")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config error: --config {str(p)!r} is not UTF-8 text (byte {exc.start}); give a "
+                              "YAML file") from None
+        try:
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config error: {p}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
+            raise ConfigError(f"config error: {p}: not valid YAML ({_yaml_problem(exc)})") from None
+        if loaded is None:
+            raise ConfigError(f"config error: {p} is empty; omit --config to run on the defaults, or start from "
+                              "jobs/demo.yaml")
         if not isinstance(loaded, dict):
             raise ConfigError(f"config error: {p}: the top level must be a mapping of sections")
         data = loaded
@@ -558,6 +611,28 @@ def _redacted(value: Any) -> Any:
     if isinstance(value, list):
         return [_redacted(v) for v in value]
     return value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (the last silently won)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (lines {seen[key]} and "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: what, and where."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else " ".join(str(exc).split())
 
 
 def dump_config(cfg: ArmadaConfig) -> str:

@@ -234,6 +234,16 @@ def _with_transfer(cfg: ArmadaConfig, spec: Any, train: SplitArrays, rows: list[
     if spec.kind != "classification":
         raise ConfigError(f"config error: task.transfer_rows={cfg.task.transfer_rows}: the transfer set needs a "
                           f"classification task; {spec.name!r} is {spec.kind}")
+    from armada_ray.cache import open_cache_for
+
+    cache = open_cache_for(cfg)
+    if cache is not None:  # quarantined rows (listed with their reason by `armada embed`) are left out, counted
+        missing = set(cache.missing([cache.key_for(teacher_prompt(cfg.teacher, spec, ex)) for ex in rows]))
+        kept = [ex for ex in rows if cache.key_for(teacher_prompt(cfg.teacher, spec, ex)) not in missing]
+        if missing and len(kept) >= len(rows) // 2:
+            print(f"transfer set: {len(rows) - len(kept)} of {len(rows)} rows have no teacher vector "
+                  f"(see {cache.path / 'quarantine.jsonl'}); training on the other {len(kept)}", flush=True)
+            rows = kept
     vectors = teacher_vectors_for(cfg, "transfer", [teacher_prompt(cfg.teacher, spec, ex) for ex in rows])
     student = None if train.student_teacher is None else np.concatenate([train.student_teacher, vectors])
     return SplitArrays(
