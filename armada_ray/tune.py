@@ -68,11 +68,16 @@ def check_sweep(cfg: ArmadaConfig, metric_names: list[str]) -> None:
         problems.append("config error: tune.searcher='optuna' cannot sample type=grid; use choice")
     base = cfg.model_dump(mode="json")
     for path, dom in cfg.tune.search_space.items():
-        sample = dom.values[0] if dom.values else (dom.low if dom.type != "randint" else int(dom.low))
-        try:
-            trial_config(base, {path: sample}, "check")
-        except ConfigError as exc:
-            problems += [f"tune.search_space[{path!r}]: {p}" for p in exc.problems]
+        # every value a trial can get (issue 13: only the first was checked, so alpha: [1, 2] started a sweep)
+        if dom.values:
+            samples = list(dom.values)
+        else:
+            samples = [int(dom.low), int(dom.high) - 1] if dom.type == "randint" else [dom.low, dom.high]
+        for sample in samples:
+            try:
+                trial_config(base, {path: sample}, "check")
+            except ConfigError as exc:
+                problems += [f"tune.search_space[{path!r}] value {sample!r}: {p}" for p in exc.problems]
     if problems:
         raise ConfigError(problems)
 

@@ -117,3 +117,45 @@ def test_a_key_inside_the_endpoint_url_is_never_saved(tmp_path):
     text = save_config(cfg, tmp_path).read_text()
     assert "sk-SECRET-123" not in text and "http://user:***@127.0.0.1:9/v1" in text
     assert cfg.teacher.endpoint.endswith("sk-SECRET-123@127.0.0.1:9/v1")  # the live config still reaches the API
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("loss.beta=.inf", "config error: loss.beta=inf: Input should be a finite number"),
+    ("train.lr=inf", "config error: train.lr='inf': Input should be a finite number"),
+    ("scaling.cpus_per_worker=nan", "scaling.cpus_per_worker='nan': Input should be a finite number"),
+    ("train.epochs=true", "config error: train.epochs=true (a boolean, not a number): Input should be a valid integer"),
+    ("student.freeze_layers_below=3", "config error: student: student.freeze_layers_below applies to full "
+                                      "fine-tuning only"),
+])
+def test_values_that_must_be_refused_on_load(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"loss:\n  alpha: 0.3\nloss:\n  beta: 1\n", "key 'loss' appears twice in one mapping (lines 1 and 3)"),
+    (b"", "is empty; omit --config to run on the defaults"),
+    (b"\x89PNG\r\n\x1a\n\x00\xff", "is not UTF-8 text"),
+    (b"loss: [1, 2\n", "not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
+])
+def test_config_files_that_are_not_configs_are_named_in_one_line(tmp_path, content, needle):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert needle in str(err.value) and len(err.value.problems) == 1 and "\n" not in err.value.problems[0]
+    with pytest.raises(ConfigError, match="is a directory; give a YAML file"):
+        load_config(tmp_path)
+
+
+def test_a_local_run_asking_for_more_cpus_than_the_machine_has_is_refused(monkeypatch):
+    """Issue 13: scaling.num_workers=1000 on 2 cores printed "0.0 available" and then hung until killed."""
+    from armada_ray.train.trainer import _check_local_size
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    problems = _check_local_size(load_config(None, ["scaling.num_workers=1000"]))
+    assert len(problems) == 1 and "scaling.num_workers=1000" in problems[0] and "this machine has" in problems[0]
+    assert _check_local_size(load_config(None, [])) == []
+    monkeypatch.setenv("RAY_ADDRESS", "ray://127.0.0.1:10001")  # a cluster: the preflight judges its size
+    assert _check_local_size(load_config(None, ["scaling.num_workers=1000"])) == []

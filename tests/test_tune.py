@@ -38,6 +38,9 @@ def test_search_space_becomes_tune_domains_and_trials_are_overrides():
         (["tune.searcher=optuna", "tune.search_space={loss.beta: {type: grid, values: [1, 2]}}"], "cannot sample"),
         (["tune.search_space={loss.alpah: {type: choice, values: [0.1]}}"], "did you mean loss.alpha"),
         (["tune.search_space={loss.alpha: {type: choice, values: [3.0]}}"], "less than or equal to 1"),
+        # every value is checked, not only the first (issue 13)
+        (["tune.search_space={loss.alpha: {type: choice, values: [0.5, 2]}}"], r"value 2: .*less than or equal to 1"),
+        (["tune.search_space={loss.alpha: {type: uniform, low: 0.5, high: 1.5}}"], r"value 1.5: .*less than or equal"),
     ],
 )
 def test_bad_sweeps_are_refused_before_any_trial(overrides, needle):

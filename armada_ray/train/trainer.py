@@ -42,6 +42,29 @@ def _worker_env(cfg: ArmadaConfig) -> dict[str, str]:
     return env
 
 
+def _check_local_size(cfg: ArmadaConfig) -> list[str]:
+    """A run on this machine (no cluster address) cannot ask for more CPUs or GPUs than it has: Ray would wait
+    for them forever (issue 13: scaling.num_workers=1000 on 2 cores hung until killed)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return []  # a cluster's size (and its autoscaler) is the preflight's to judge
+    s = cfg.scaling
+    cpus = os.cpu_count() or 1
+    problems = []
+    if s.num_workers * s.cpus_per_worker > cpus:
+        problems.append(f"config error: scaling.num_workers={s.num_workers} x scaling.cpus_per_worker="
+                        f"{s.cpus_per_worker:g} needs {s.num_workers * s.cpus_per_worker:g} CPUs; this machine has "
+                        f"{cpus} (no RAY_ADDRESS: a local run); lower them or submit to a cluster")
+    if s.use_gpu:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if s.num_workers * s.gpus_per_worker > gpus:
+            problems.append(f"config error: scaling.num_workers={s.num_workers} x scaling.gpus_per_worker="
+                            f"{s.gpus_per_worker:g} needs {s.num_workers * s.gpus_per_worker:g} GPUs; this machine "
+                            f"has {gpus}")
+    return problems
+
+
 def check_plan(cfg: ArmadaConfig) -> dict[str, Any]:
     """Everything that can be refused before cluster time: config conflicts, task/student mismatch, cache
     coverage and dimension, memory fit. Raises one ConfigError listing every problem."""
@@ -50,6 +73,7 @@ def check_plan(cfg: ArmadaConfig) -> dict[str, Any]:
     from armada_ray.train import memory
 
     problems = check_ds_settings(cfg.train, cfg.scaling, on_gpu=cfg.scaling.use_gpu)
+    problems += _check_local_size(cfg)
     data = load_task(cfg.task)
     plan: dict[str, Any] = {"task": cfg.task.name, "task_kind": data.spec.kind, "train_rows": len(data.train),
                             "dev_rows": len(data.dev), "test_rows": len(data.test), "skipped_rows": len(data.skipped)}
