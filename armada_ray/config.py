@@ -209,6 +209,11 @@ class StudentConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
     orthogonal_projection: bool = Field(False, description="Make the student projection p_s orthogonal.")
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0,
+                                description="Dropout on the pooled vector before the heads (reference code: 0.1).")
+    head_init: Literal["torch", "normal"] = Field(
+        "torch", description="Heads' init: torch's default, or normal(0, 0.02) as the reference code."
+    )
     freeze_layers_below: int | None = Field(
         None, ge=0, description="Full fine-tuning only: freeze embeddings and layers below this index."
     )
@@ -264,10 +269,13 @@ class LossConfig(_Section):
 
 class TrainConfig(_Section):
     schedule: Literal["alternating", "joint"] = "alternating"
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(
+        2, ge=1, description="Outer epochs. 2 fits the CPU demo's budget; the reference code trains 10, and the jobs/ "
+                             "GPU configs say their own.")
     batch_size: int = Field(8, ge=1, description="Micro-batch per worker.")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay of the student (reference code: 0.01).")
     clip: float = Field(1.0, gt=0)
     seed: int = 42
     zero_stage: Literal[0, 1, 2, 3] = 2

@@ -147,23 +147,33 @@ class StudentHeads(nn.Module):
     ``num_classes=0`` only ``p_s`` exists (generative tasks with open answers).
     """
 
-    def __init__(self, hidden_size: int, num_classes: int, proj_dim: int, orthogonal_projection: bool = False):
+    def __init__(self, hidden_size: int, num_classes: int, proj_dim: int, orthogonal_projection: bool = False,
+                 dropout: float = 0.0, init: str = "torch"):
         super().__init__()
         self.hidden_size, self.num_classes, self.proj_dim = hidden_size, num_classes, proj_dim
         self.orthogonal_projection = orthogonal_projection
+        self.dropout = nn.Dropout(dropout)  # on the pooled vector (the reference code: 0.1); a no-op in eval
         self.s1 = nn.Linear(hidden_size, num_classes) if num_classes > 0 else None
         if orthogonal_projection:
             self.p_s = orthogonal_linear(hidden_size, proj_dim)
         else:
             self.p_s = nn.Linear(hidden_size, proj_dim, bias=False)
         self.s2 = nn.Linear(proj_dim, num_classes) if num_classes > 0 else None
+        if init not in ("torch", "normal"):
+            raise ValueError(f"StudentHeads: init={init!r}; allowed: torch, normal")
+        if init == "normal":  # the reference code's (Hugging Face's) initialisation of classifier heads
+            for m in (self.s1, self.s2, None if orthogonal_projection else self.p_s):
+                if m is not None:
+                    nn.init.normal_(m.weight, std=0.02)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-        h = h.to(self.dtype)
+        h = self.dropout(h.to(self.dtype))
         p_s = self.p_s(h)
         if self.s1 is None or self.s2 is None:
             return None, None, p_s
@@ -201,13 +211,16 @@ class _StudentBase(nn.Module):
         padding_side: str = "right",
         task_kind: str = "classification",
         max_length: int | None = None,
+        head_dropout: float = 0.0,
+        head_init: str = "torch",
     ):
         super().__init__()
         self.backbone = backbone
         config = _unwrap(backbone).config
         self.hidden_size = int(config.hidden_size)
         self.num_classes, self.proj_dim = num_classes, proj_dim
-        self.heads = StudentHeads(self.hidden_size, num_classes, proj_dim, orthogonal_projection)
+        self.heads = StudentHeads(self.hidden_size, num_classes, proj_dim, orthogonal_projection,
+                                  dropout=head_dropout, init=head_init)
         self.base_model_name = base_model or getattr(config, "name_or_path", None)
         self.revision = revision
         self.padding_side = padding_side
@@ -583,6 +596,8 @@ def build_student(
         padding_side=tokenizer.padding_side,
         task_kind=task_kind,
         max_length=student_cfg.max_length,
+        head_dropout=student_cfg.head_dropout,
+        head_init=student_cfg.head_init,
     )
     if generative:
         student: ArmadaStudent | GenerativeStudent = GenerativeStudent(backbone, **common)

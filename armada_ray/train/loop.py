@@ -110,7 +110,7 @@ class ArmadaWorker:
         # load DeepSpeed's JIT ops ourselves first: a build killed earlier cannot block this one (train/ops.py)
         ops.prepare_ops(on_gpu=self.device.type == "cuda", offload=cfg.train.offload, log=session.log)
         params = [p for p in student.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         ds_config = build_ds_config(cfg.train, cfg.scaling, on_gpu=self.device.type == "cuda")
         self.engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, config=ds_config)
         self.dtype = next(p for p in self.engine.module.parameters()).dtype
