@@ -206,6 +206,11 @@ class StudentConfig(_Section):
         "auto", description="auto = pooler/[CLS] for encoders, last non-padding token for decoders."
     )
     max_length: int = Field(128, ge=8, le=32768)
+    input: Literal["fields", "teacher_prompt"] = Field(
+        "fields", description="What a classification/regression student reads: fields = the task's own text fields "
+                              "in their own case, pairs through the tokenizer's pair encoding (the reference code); "
+                              "teacher_prompt = the teacher's lower-cased joined prompt.",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
     orthogonal_projection: bool = Field(False, description="Make the student projection p_s orthogonal.")

@@ -26,13 +26,17 @@ def load_for_eval(path: Path) -> tuple[Any, Any, dict[str, Any]]:
 
 @torch.no_grad()
 def predict(student: Any, tokenizer: Any, prompts: list[str], max_length: int, regression: bool,
-            batch_size: int = 16) -> list[float | int]:
+            batch_size: int = 16, pairs: list[str | None] | None = None) -> list[float | int]:
+    """Class ids (or values) for ``prompts`` (and their second texts ``pairs``), encoded as in training."""
+    from armada_ray.train.data import encode_texts
+
     preds: list[float | int] = []
     student.eval()
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt")
-        out = student(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        enc = encode_texts(tokenizer, prompts[i:i + batch_size], None if pairs is None else pairs[i:i + batch_size],
+                           max_length, padding=True)
+        out = student(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                      token_type_ids=enc.get("token_type_ids") if pairs is not None else None)
         s1 = out.s1.float()
         preds += s1.squeeze(-1).tolist() if regression else s1.argmax(-1).tolist()
     return preds
@@ -51,7 +55,7 @@ def generate_answers(student: Any, tokenizer: Any, prompts: list[str], max_new_t
 
 def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_dir: Path | None = None) -> dict[str, Any]:
     """Metrics of ``path`` on ``split`` of ``cfg.task``; predictions land in ``predictions-<split>.jsonl``."""
-    from armada_ray.tasks import compute_metrics, example_prompt, load_task
+    from armada_ray.tasks import compute_metrics, load_task
 
     path = Path(path)
     student, tokenizer, task = load_for_eval(path)
@@ -69,12 +73,15 @@ def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_d
     rows = getattr(data, split)
     if not rows:
         raise ConfigError(f"task {cfg.task.name!r}: the {split} split is empty")
-    prompts = [example_prompt(spec, ex) for ex in rows]
+    from armada_ray.train.data import student_inputs
+
+    trained, _ = checkpoint_config(path)  # read the rows as the student was trained to (student.input)
+    prompts, pairs = student_inputs(trained, spec, rows)
     if generative:
         preds = generate_answers(student, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size)
         refs = [ex.answer for ex in rows]
     else:
-        preds = predict(student, tokenizer, prompts, cfg.student.max_length, regression, cfg.eval.batch_size)
+        preds = predict(student, tokenizer, prompts, cfg.student.max_length, regression, cfg.eval.batch_size, pairs)
         refs = [ex.label for ex in rows]
     metrics = compute_metrics(spec, preds, refs)
     out_dir = Path(out_dir) if out_dir else path

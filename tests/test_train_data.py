@@ -51,3 +51,32 @@ def test_choice_labels():
     assert choice_label("8", None) == -1
     assert torch.is_tensor(make_dataset(_split(["a"], ["Yes"], [0]), hub.load_tokenizer("tiny-llama"), 16)
                            .collate([{"index": 0, "input_ids": [1, 2], "label": 0, "answer_len": 1}])["lm_labels"])
+
+
+def test_pair_tasks_reach_the_student_through_its_pair_encoding():
+    """Issue 12: the student reads the task's own fields (own case, [SEP] + segment ids for an encoder, a visible
+    newline for a decoder); the teacher keeps the paper's lower-cased joined prompt."""
+    from armada_ray.config import load_config
+    from armada_ray.model.hub import load_tokenizer
+    from armada_ray.tasks import Example, TaskSpec, example_prompt
+    from armada_ray.train.data import ArmadaDataset, SplitArrays, encode_texts, student_inputs
+
+    spec = TaskSpec(name="pairs", kind="classification", text_fields=["sentence1", "sentence2"], labels=["no", "yes"],
+                    answer_format=None, metric="accuracy", description="a pair task", loader=lambda s, c: None)
+    ex = Example(uid="p:1", fields={"sentence1": "The Cat sat.", "sentence2": "A cat Is sitting."}, label=1)
+    assert example_prompt(spec, ex) == "the cat sat. a cat is sitting."  # the teacher's prompt
+    texts, pairs = student_inputs(load_config(None, []), spec, [ex])
+    assert texts == ["The Cat sat."] and pairs == ["A cat Is sitting."]
+    assert student_inputs(load_config(None, ["student.input=teacher_prompt"]), spec, [ex]) == (
+        ["the cat sat. a cat is sitting."], None)
+
+    bert = load_tokenizer("minilm")
+    enc = encode_texts(bert, texts, pairs, 64)
+    assert enc["input_ids"][0].count(bert.sep_token_id) == 2 and set(enc["token_type_ids"][0]) == {0, 1}
+    ds = ArmadaDataset(SplitArrays(["p:1"], texts, np.array([1]), None, pairs=pairs), bert, 64)
+    batch = ds.collate([ds[0]])
+    assert batch["token_type_ids"].tolist()[0] == enc["token_type_ids"][0]
+
+    llama = load_tokenizer("tiny-llama")
+    joined = encode_texts(llama, texts, pairs, 64)["input_ids"][0]
+    assert llama.decode(joined, skip_special_tokens=True).strip() == "The Cat sat.\nA cat Is sitting."

@@ -12,6 +12,7 @@ from armada_ray.tasks.base import (
     TaskSpec,
     build_prompt,
     example_prompt,
+    student_text,
 )
 from armada_ray.tasks.metrics import METRICS, compute_metrics
 from armada_ray.tasks.registry import get_task, list_tasks, load_task, register, run_list_tasks
@@ -25,6 +26,7 @@ __all__ = [
     "build_prompt",
     "compute_metrics",
     "example_prompt",
+    "student_text",
     "get_task",
     "list_tasks",
     "load_task",

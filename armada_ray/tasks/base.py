@@ -128,6 +128,15 @@ def example_prompt(spec: TaskSpec, ex: Example) -> str:
     return build_prompt(ex.fields, spec.text_fields)
 
 
+def student_text(spec: TaskSpec, ex: Example) -> tuple[str, str | None]:
+    """What a classification/regression student reads (``student.input=fields``): the task's own fields in
+    their own case, as (text_a, text_b) for pair tasks (the second and later fields joined by a newline), as
+    the reference code tokenizes them. The teacher keeps the paper's lower-cased joined prompt."""
+    values = [str(ex.fields[name]).strip() for name in spec.text_fields]
+    rest = "\n".join(v for v in values[1:] if v)
+    return values[0], (rest or None) if len(values) > 1 else None
+
+
 # ------------------------------------------------------------------------------------ row problems
 
 

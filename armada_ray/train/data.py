@@ -36,6 +36,33 @@ class SplitArrays:
     answers: list[str] | None = None  # generative tasks: the target texts
     # teacher.shuffle=targets: the vectors whose aligner outputs the student learns from (another example's)
     student_teacher: np.ndarray | None = None
+    # student.input=fields on a pair task: the second text of each row (``prompts`` then holds the first)
+    pairs: list[str | None] | None = None
+
+
+def student_inputs(cfg: ArmadaConfig, spec: Any, rows: list[Any]) -> tuple[list[str], list[str | None] | None]:
+    """(texts, second texts or None) the student reads for ``rows`` (see ``student.input``)."""
+    from armada_ray.tasks import example_prompt, student_text
+
+    if spec.kind == "generative" or cfg.student.input == "teacher_prompt":
+        return [example_prompt(spec, ex) for ex in rows], None
+    texts = [student_text(spec, ex) for ex in rows]
+    pairs = [b for _, b in texts]
+    return [a for a, _ in texts], pairs if any(b is not None for b in pairs) else None
+
+
+def encode_texts(tokenizer: Any, texts: list[str], pairs: list[str | None] | None, max_length: int,
+                 padding: bool = False) -> dict[str, Any]:
+    """Tokenize what the student reads: a pair through the tokenizer's pair encoding where it has segment ids
+    (``[SEP]`` + ``token_type_ids`` for BERT/DeBERTa), else joined by a visible newline (decoders)."""
+    kw: dict[str, Any] = {"truncation": True, "max_length": max_length, "add_special_tokens": True}
+    if padding:
+        kw.update(padding=True, return_tensors="pt")
+    if pairs is None:
+        return tokenizer(texts, **kw)
+    if "token_type_ids" in getattr(tokenizer, "model_input_names", []):
+        return tokenizer(texts, [b or "" for b in pairs], **kw)
+    return tokenizer([a if b is None else f"{a}\n{b}" for a, b in zip(texts, pairs)], **kw)
 
 
 ANSWER_CUE = "\nanswer:"
@@ -61,6 +88,7 @@ class ArmadaDataset(Dataset):
     """Pre-tokenized examples; the collate function pads each batch to its own longest row."""
 
     def __init__(self, split: SplitArrays, tokenizer: Any, max_length: int):
+        self.token_type_ids: list[list[int]] | None = None
         self.input_ids: list[list[int]] = self._encode(split, tokenizer, max_length)
         self.labels = split.labels
         self.teacher = split.teacher
@@ -68,13 +96,18 @@ class ArmadaDataset(Dataset):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def _encode(self, split: SplitArrays, tokenizer: Any, max_length: int) -> list[list[int]]:
-        return tokenizer(split.prompts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+        enc = encode_texts(tokenizer, split.prompts, split.pairs, max_length)
+        if split.pairs is not None and "token_type_ids" in enc:
+            self.token_type_ids = enc["token_type_ids"]
+        return enc["input_ids"]
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {"index": i, "input_ids": self.input_ids[i], "label": self.labels[i]}
+        if self.token_type_ids is not None:
+            item["token_type_ids"] = self.token_type_ids[i]
         if self.teacher is not None:
             item["teacher"] = self.teacher[i]
         if self.student_teacher is not None:
@@ -85,9 +118,12 @@ class ArmadaDataset(Dataset):
         width = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
+        segments = torch.zeros((len(rows), width), dtype=torch.long) if "token_type_ids" in rows[0] else None
         for j, r in enumerate(rows):  # right padding; decoder pooling finds the last real token
             ids[j, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
             mask[j, : len(r["input_ids"])] = 1
+            if segments is not None:
+                segments[j, : len(r["token_type_ids"])] = torch.tensor(r["token_type_ids"])
         labels = np.asarray([r["label"] for r in rows])
         out = {
             "index": torch.tensor([r["index"] for r in rows]),
@@ -95,6 +131,8 @@ class ArmadaDataset(Dataset):
             "attention_mask": mask,
             "labels": torch.as_tensor(labels, dtype=torch.float32 if labels.dtype.kind == "f" else torch.long),
         }
+        if segments is not None:
+            out["token_type_ids"] = segments
         for key in ("teacher", "student_teacher"):
             if key in rows[0]:
                 out[key] = torch.as_tensor(np.stack([r[key] for r in rows]), dtype=torch.float32)
@@ -202,9 +240,7 @@ def build_splits(cfg: ArmadaConfig, with_teacher: bool) -> tuple[Any, dict[str, 
             if name == "test":
                 continue
             raise ConfigError(f"task {cfg.task.name!r}: the {name} split is empty")
-        from armada_ray.tasks import example_prompt
-
-        prompts = [example_prompt(spec, ex) for ex in rows]
+        prompts, pairs = student_inputs(cfg, spec, rows)
         if generative:
             labels = np.asarray([choice_label(ex.answer or "", spec.choices) for ex in rows], dtype=np.int64)
         else:
@@ -219,7 +255,7 @@ def build_splits(cfg: ArmadaConfig, with_teacher: bool) -> tuple[Any, dict[str, 
         elif teacher is not None and name == "train" and cfg.teacher.shuffle == "targets":
             student_teacher = shuffle_teacher(teacher, cfg.teacher.shuffle_seed)
         answers = [ex.answer or "" for ex in rows] if generative else None
-        splits[name] = SplitArrays([ex.uid for ex in rows], prompts, labels, teacher, answers, student_teacher)
+        splits[name] = SplitArrays([ex.uid for ex in rows], prompts, labels, teacher, answers, student_teacher, pairs)
     if with_teacher and data.transfer:
         splits["train"] = _with_transfer(cfg, spec, splits["train"], data.transfer)
     return spec, splits
@@ -228,7 +264,6 @@ def build_splits(cfg: ArmadaConfig, with_teacher: bool) -> tuple[Any, dict[str, 
 def _with_transfer(cfg: ArmadaConfig, spec: Any, train: SplitArrays, rows: list[Any]) -> SplitArrays:
     """The train split followed by the transfer set: label -1 (the loop labels those rows with the aligner's
     prediction), their own teacher vectors (never shuffled)."""
-    from armada_ray.tasks import example_prompt
     from armada_ray.teachers.prompts import teacher_prompt
 
     if spec.kind != "classification":
@@ -246,7 +281,10 @@ def _with_transfer(cfg: ArmadaConfig, spec: Any, train: SplitArrays, rows: list[
             rows = kept
     vectors = teacher_vectors_for(cfg, "transfer", [teacher_prompt(cfg.teacher, spec, ex) for ex in rows])
     student = None if train.student_teacher is None else np.concatenate([train.student_teacher, vectors])
+    texts, pairs = student_inputs(cfg, spec, rows)
+    both = None if train.pairs is None and pairs is None else \
+        (train.pairs or [None] * len(train.prompts)) + (pairs or [None] * len(rows))
     return SplitArrays(
-        train.uids + [ex.uid for ex in rows], train.prompts + [example_prompt(spec, ex) for ex in rows],
+        train.uids + [ex.uid for ex in rows], train.prompts + texts,
         np.concatenate([train.labels, np.full(len(rows), -1, dtype=train.labels.dtype)]),
-        np.concatenate([train.teacher, vectors]), None, student)
+        np.concatenate([train.teacher, vectors]), None, student, both)

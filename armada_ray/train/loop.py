@@ -268,14 +268,16 @@ class ArmadaWorker:
             y = batch["labels"] if self.num_classes else None
             loss, comps = generative_loss(out, targets, self.cfg.loss, y=y, mask=None if y is None else y >= 0)
         elif self.distill:
-            out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              token_type_ids=batch.get("token_type_ids"))
             targets = self._aligner_targets(batch.get("student_teacher", batch["teacher"]))
             labels = batch["labels"]
             if not self.regression and targets.t1 is not None:  # transfer-set rows: the aligner's label
                 labels = torch.where(labels >= 0, labels, targets.t1.argmax(-1))
             loss, comps = armada_loss(out, targets, labels, self.cfg.loss, regression=self.regression)
         else:
-            out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              token_type_ids=batch.get("token_type_ids"))
             loss = baseline_loss(out, batch["labels"], regression=self.regression)
             comps = {}
         self.engine.backward(loss)
@@ -367,7 +369,8 @@ class ArmadaWorker:
         with torch.no_grad():
             for batch in self._loader(split, shuffle=False):
                 batch = self._to_device(batch)
-                out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  token_type_ids=batch.get("token_type_ids"))
                 s1 = out.s1.float()
                 pred = s1.squeeze(-1) if self.regression else s1.argmax(-1)
                 for j, idx in enumerate(batch["index"].tolist()):
