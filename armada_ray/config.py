@@ -400,6 +400,9 @@ class ServerConfig(_Section):
         0.0, ge=0.0, le=1.0, description="Injected fraction of rows answered with a NaN or wrong-length vector."
     )
     fault_seed: int = Field(0, description="Seed of the fault-injection draws.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger request bodies get a 413.")
+    max_inputs_per_request: int = Field(256, ge=1, description="More texts in one request get a 400.")
+    max_input_chars: int = Field(100_000, ge=1, description="A longer text in a request gets a 400.")
     model_name: str = Field("teacher", description="Name served in /v1/models.")
     teacher: Annotated[Union[HFTeacherConfig, DiffusionTeacherConfig], Field(discriminator="kind")] = Field(
         default_factory=lambda: HFTeacherConfig(stand_in=True),

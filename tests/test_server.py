@@ -104,6 +104,27 @@ def test_errors_in_openai_format(server) -> None:
     assert status == 404  # an embedding teacher serves no images
 
 
+def test_request_limits_answer_413_and_400_quickly(minilm) -> None:
+    """Issue 13: a 5 MB body took 8.7 s of CPU and 10,000 inputs 47 s; one client could starve the others."""
+    h = start_server_in_thread(ServerConfig(port=0, max_body_bytes=1 << 20, max_inputs_per_request=64,
+                                            max_input_chars=1000), teacher=minilm)
+    try:
+        url = h.url + "/embeddings"
+        t0 = time.perf_counter()
+        status, _, body = call(url, {"input": ["x" * 900] * 2000})  # ~1.8 MB
+        assert status == 413 and "server.max_body_bytes" in body["error"]["message"]
+        assert_openai_error(body, "invalid_request_error")
+        status, _, body = call(url, {"input": ["a cat"] * 65})
+        assert status == 400 and body["error"]["param"] == "input" and "at most 64" in body["error"]["message"]
+        status, _, body = call(url, {"input": ["a cat", "y" * 1001]})
+        assert status == 400 and "'input[1]' has 1001 characters" in body["error"]["message"]
+        assert time.perf_counter() - t0 < 10
+        status, _, body = call(url, {"input": ["a cat"] * 64})  # at the limits: answered
+        assert status == 200 and len(body["data"]) == 64
+    finally:
+        h.stop()
+
+
 def test_bearer_token(server, monkeypatch) -> None:
     monkeypatch.setenv("ARMADA_SERVER_TEST_TOKEN", "tok-123")
     server.server.reconfigure(token_env="ARMADA_SERVER_TEST_TOKEN")

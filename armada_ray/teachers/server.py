@@ -134,7 +134,8 @@ class TeacherServer:
         self.teacher = teacher if teacher is not None else build_teacher(server_cfg.teacher)
         self.reconfigure()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armada-teacher")
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        # one client must not starve the others (issue 13): bodies, inputs and input lengths are bounded
+        self.app = web.Application(client_max_size=server_cfg.max_body_bytes)
         self.app.add_routes([
             web.get("/health", self.health),
             web.get("/v1/models", self.models),
@@ -247,8 +248,18 @@ class TeacherServer:
         return None
 
     async def _json_body(self, request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+        limit = self.cfg.max_body_bytes
+        too_large = openai_error(413, f"The request body is larger than this server accepts ({limit} bytes; "
+                                      "server.max_body_bytes): send fewer or shorter inputs per request.",
+                                 "invalid_request_error")
+        if request.content_length is not None and request.content_length > limit:
+            self.stats.bad_requests += 1
+            return None, too_large
         try:
             body = await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            self.stats.bad_requests += 1
+            return None, too_large
         except (ValueError, UnicodeDecodeError):
             self.stats.bad_requests += 1
             return None, openai_error(400, "We could not parse the JSON body of your request.", "invalid_request_error")
@@ -304,6 +315,16 @@ class TeacherServer:
         if any(not t for t in texts):
             self.stats.bad_requests += 1
             return openai_error(400, "'input' cannot contain empty strings.", "invalid_request_error", param="input")
+        if len(texts) > self.cfg.max_inputs_per_request:
+            self.stats.bad_requests += 1
+            return openai_error(400, f"'input' has {len(texts)} texts; at most {self.cfg.max_inputs_per_request} per "
+                                "request (server.max_inputs_per_request).", "invalid_request_error", param="input")
+        long = next((i for i, t in enumerate(texts) if len(t) > self.cfg.max_input_chars), None)
+        if long is not None:
+            self.stats.bad_requests += 1
+            return openai_error(400, f"'input[{long}]' has {len(texts[long])} characters; at most "
+                                f"{self.cfg.max_input_chars} (server.max_input_chars).", "invalid_request_error",
+                                param="input")
         fmt = body.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
             self.stats.bad_requests += 1
