@@ -23,7 +23,8 @@ class ConfigError(ValueError):
     """A config, override or input problem the user can fix (CLI exit code 2)."""
 
     def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        # a message never carries a key given inside a URL (user:KEY@host): the lines echo the values given
+        self.problems = [redact_url_credentials(p) for p in ([problems] if isinstance(problems, str) else problems)]
         super().__init__("\n".join(self.problems))
 
 
@@ -155,6 +156,28 @@ class HttpTeacherConfig(_TeacherBase):
     backoff_base_s: float = Field(0.25, gt=0)
     backoff_max_s: float = Field(20.0, gt=0)
     price_per_1k_tokens: float | None = Field(None, ge=0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        # refused on load with the URL's credentials masked (issue 13: `not-a-url` reached aiohttp's
+        # InvalidUrlClientError, and a URL with user:key@ plus api_key_env a raw ValueError)
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{redact_url_credentials(v)!r} is not an http(s) URL with a host, e.g. "
+                             "https://api.example.com/v1")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> "HttpTeacherConfig":
+        from urllib.parse import urlsplit
+
+        if self.api_key_env and (urlsplit(self.endpoint).username or urlsplit(self.endpoint).password):
+            raise ValueError("teacher.endpoint carries credentials (user:key@) and teacher.api_key_env is set too; "
+                             "give the key one way: through the environment variable (sent as a Bearer header)")
+        return self
 
 
 def _default_kind(data: Any, key: str, kind: str) -> Any:

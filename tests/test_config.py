@@ -159,3 +159,14 @@ def test_a_local_run_asking_for_more_cpus_than_the_machine_has_is_refused(monkey
     assert _check_local_size(load_config(None, [])) == []
     monkeypatch.setenv("RAY_ADDRESS", "ray://127.0.0.1:10001")  # a cluster: the preflight judges its size
     assert _check_local_size(load_config(None, ["scaling.num_workers=1000"])) == []
+
+
+def test_endpoint_must_be_a_url_and_its_key_never_echoes():
+    with pytest.raises(ConfigError, match="'not-a-url' is not an http\\(s\\) URL with a host"):
+        load_config(None, ["teacher.endpoint=not-a-url"])
+    for bad in (["teacher.endpoint=ftp://u:sk-SECRET-9@h/v1"], ["teacher.endpointt=http://u:sk-SECRET-9@h/v1"]):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, bad)
+        assert "sk-SECRET-9" not in str(err.value) and "u:***@h" in str(err.value)
+    with pytest.raises(ConfigError, match="give the key one way"):
+        load_config(None, ["teacher.endpoint=http://u:sk-SECRET-9@h/v1", "teacher.api_key_env=MY_KEY"])
