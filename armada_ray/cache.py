@@ -7,6 +7,7 @@ Layout (DESIGN §5)::
         shard-000001-<rand>.parquet   key string, vector fixed_size_list<float16|float32>[dim]
         quarantine.jsonl     one line per failed row: key, prompt preview, reason, time
         embed_stats.json     the last `armada embed` run's figures (written by embed.py)
+        journal/<writer>.jsonl  replies as they arrive, fsynced by the actor that received them
 
 - A row's key is ``sha256(fingerprint_id + "\\0" + prompt)``: the same prompt in two tasks is queried
   once; another teacher, recipe or prompt template has another fingerprint, hence another folder.
@@ -18,12 +19,18 @@ Layout (DESIGN §5)::
   killed at any point leaves either no shard or a complete one; a complete shard missing from the
   manifest (killed between the two renames) is re-adopted on the next open after its content checksum
   is verified, and anything else is set aside as ``*.rejected``.
+- A paid answer is durable the moment it arrives: every embed actor appends each batch's good vectors to its
+  own journal (fsynced, under an OS lock held for the actor's life) before handing them on; shards are
+  written by the driver as before. ``replay_journals`` (run at the start and end of every embed) turns the
+  journals of dead writers into a shard, so a run killed between a reply and its shard loses nothing but
+  the requests still on the wire (issue 13: 16 % of a killed run's answers were asked and paid for again).
 - ``lookup`` reads only the shards and row groups that hold the requested keys, one shard at a time, and
   only the vector column.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as _dt
 import fcntl
@@ -31,6 +38,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -43,6 +51,63 @@ from armada_ray.config import ConfigError
 from armada_ray.teachers.base import canonical_json, fingerprint_id as _fingerprint_id
 
 FORMAT = "armada-teacher-cache/1"
+JOURNAL_DIR = "journal"
+
+
+def _lock_by(fh: Any, deadline: float) -> bool:
+    """Take the exclusive lock on ``fh``, retrying until ``deadline`` (monotonic); False if still held."""
+    while True:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
+class ReplyJournal:
+    """One writer's append-only log of teacher replies, each batch fsynced before it counts as answered.
+
+    Written by hand: neither Ray Data nor pyarrow offers an append-and-fsync record log, and a Parquet shard per
+    16-row batch would bloat the manifest. The writer holds an ``flock`` on its file for its lifetime, so
+    :meth:`TeacherCache.replay_journals` can tell a dead writer's journal from a live one's.
+    """
+
+    def __init__(self, cache_path: str | os.PathLike[str], writer: str | None = None):
+        folder = Path(cache_path) / JOURNAL_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{writer or uuid.uuid4().hex}.jsonl"
+        self._f = open(self.path, "a", encoding="utf-8")
+        fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def append(self, keys: list[str], vectors: np.ndarray) -> None:
+        if not keys:
+            return
+        data = np.ascontiguousarray(vectors, dtype="<f4")
+        self._f.write(json.dumps({"keys": list(keys), "vectors": base64.b64encode(data.tobytes()).decode()}) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_UN)
+            self._f.close()
+
+    @staticmethod
+    def read(fh: Any, dim: int) -> tuple[list[str], np.ndarray]:
+        """Every complete record of an open journal; a torn last line (the writer was killed mid-write) ends it."""
+        keys: list[str] = []
+        vecs: list[np.ndarray] = []
+        for line in fh:
+            try:
+                rec = json.loads(line)
+                v = np.frombuffer(base64.b64decode(rec["vectors"]), dtype="<f4").reshape(len(rec["keys"]), dim)
+            except (ValueError, KeyError, TypeError):
+                break
+            keys += [str(k) for k in rec["keys"]]
+            vecs.append(v)
+        return keys, (np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32))
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
 STATS = "embed_stats.json"
@@ -283,6 +348,28 @@ class TeacherCache:
         return out
 
     # ---------------------------------------------------------------------------------- write
+    def replay_journals(self, wait_s: float = 0.0) -> int:
+        """Write the journaled replies of writers no longer alive into a shard, then drop their journals;
+        returns how many new vectors that added. A journal whose writer still holds its lock is waited for up
+        to ``wait_s`` (the actors of a run killed a moment ago are still shutting down), then left alone."""
+        folder = self.path / JOURNAL_DIR
+        if not folder.is_dir():
+            return 0
+        added = 0
+        deadline = time.monotonic() + wait_s
+        for path in sorted(folder.glob("*.jsonl")):
+            with open(path, encoding="utf-8") as fh:
+                if not _lock_by(fh, deadline):
+                    continue  # a live writer
+                keys, vecs = ReplyJournal.read(fh, self.dim)
+            if keys:
+                ok = self.encodable(vecs)  # what the driver would have quarantined stays out
+                before = len(self)
+                self.write_shard([k for k, good in zip(keys, ok) if good], vecs[ok])
+                added += len(self) - before
+            path.unlink(missing_ok=True)
+        return added
+
     def encodable(self, vectors: np.ndarray) -> np.ndarray:
         """Rows that stay finite in the cache dtype (float16 overflows above 65504)."""
         with np.errstate(over="ignore", invalid="ignore"):

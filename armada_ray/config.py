@@ -400,8 +400,11 @@ class EmbedConfig(_Section):
     batch_size: int = Field(32, ge=1, description="Rows per map_batches call.")
     max_chars: int = Field(20000, ge=1, description="Longer prompts are quarantined as over-long.")
     flush_every_s: float = Field(
-        5.0, gt=0, description="Write a cache shard at least this often (a killed job loses at most this much)."
-    )
+        5.0, gt=0, description="Write a cache shard at least this often (answers are journaled as they arrive, so "
+                               "a killed job loses none of them either way).")
+    journal_wait_s: float = Field(
+        15.0, ge=0, description="At start, wait this long for the actors of a just-killed run to release their "
+                                "journals, so their answers are reused rather than asked again.")
 
 
 class ServerConfig(_Section):

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from armada_ray.cache import TeacherCache, cache_key
+from armada_ray.cache import ReplyJournal, TeacherCache, cache_key
 from armada_ray.config import (
     ArmadaConfig,
     ConfigError,
@@ -73,8 +73,10 @@ class TeacherPredictor:
     """
 
     def __init__(self, teacher_cfg: dict[str, Any], dim: int, max_chars: int, limiter: Any = None,
-                 device: str | None = None):
+                 device: str | None = None, journal_dir: str | None = None):
         self.teacher_cfg = teacher_cfg_from_dict(teacher_cfg) if isinstance(teacher_cfg, dict) else teacher_cfg
+        # every good reply is fsynced here before it is handed on (cache.ReplyJournal): a kill loses none
+        self.journal = ReplyJournal(journal_dir) if journal_dir else None
         self.dim = int(dim)
         self.max_chars = int(max_chars)
         self.teacher = build_teacher(self.teacher_cfg, limiter=limiter, device=device)
@@ -92,7 +94,7 @@ class TeacherPredictor:
         return keys, prompts, send, reasons
 
     def _assemble(self, keys: list[str], send: list[int], reasons: list[str | None], result: Any,
-                  started: float) -> dict[str, Any]:
+                  started: float, journaled: bool = False) -> dict[str, Any]:
         n = len(keys)
         vectors = np.zeros((n, self.dim), np.float32)
         ok = np.zeros(n, bool)
@@ -110,6 +112,8 @@ class TeacherPredictor:
                         ok[i] = True
                 else:
                     out_reasons[i] = result.reasons[j] or "failed"
+        if self.journal is not None and ok.any() and not journaled:
+            self.journal.append([keys[i] for i in np.flatnonzero(ok)], vectors[ok])
         stats = dict(result.stats) if result is not None else {}
         stats["busy_s"] = time.monotonic() - started
         stats["t_start"] = time.time() - stats["busy_s"]  # wall clock: min/max across actors, not summed
@@ -127,6 +131,8 @@ class TeacherPredictor:
         return self._assemble(keys, send, reasons, result, started)
 
     def __del__(self) -> None:
+        if getattr(self, "journal", None) is not None:
+            self.journal.close()
         close = getattr(getattr(self, "teacher", None), "close", None)
         if close is not None:
             try:
@@ -141,8 +147,17 @@ class AsyncTeacherPredictor(TeacherPredictor):
     async def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
         started = time.monotonic()
         keys, prompts, send, reasons = self._split(batch)
-        result = await self.teacher.aembed_rows([prompts[i] for i in send]) if send else None
-        return self._assemble(keys, send, reasons, result, started)
+        sent_keys = [keys[i] for i in send]
+
+        def journal(start: int, rows: list[tuple[Any, str | None]]) -> None:
+            """Each request's good vectors, fsynced as its reply arrives (not when the whole batch is done)."""
+            good = [(sent_keys[start + j], vec) for j, (vec, _) in enumerate(rows) if vec is not None
+                    and vec.shape[0] == self.dim and np.isfinite(vec).all()]
+            if good and self.journal is not None:
+                self.journal.append([k for k, _ in good], np.stack([v for _, v in good]))
+
+        result = await self.teacher.aembed_rows([prompts[i] for i in send], on_reply=journal) if send else None
+        return self._assemble(keys, send, reasons, result, started, journaled=True)
 
 
 # ------------------------------------------------------------------------- shared Ray limiter
@@ -237,6 +252,11 @@ def embed_prompts(cfg: ArmadaConfig, rows: list[dict[str, str]], *, log: Callabl
     sendable = [p for p, why in pre_bad.items() if why is None]
 
     existing = TeacherCache.open_existing(cfg.cache_root, teacher.fingerprint())
+    if existing is not None:
+        # replies a killed run had received but not yet written; its actors may take seconds to die
+        recovered = existing.replay_journals(wait_s=cfg.embed.journal_wait_s)
+        if recovered:
+            log(f"embed: recovered {recovered} answered rows from the journals of a run that was stopped")
     keys = {p: cache_key(fid, p) for p in unique}
     cached = {p for p in unique if existing is not None and keys[p] in existing}
     need_query = any(p not in cached for p in sendable)
@@ -285,7 +305,7 @@ def embed_prompts(cfg: ArmadaConfig, rows: list[dict[str, str]], *, log: Callabl
         ctx.enable_progress_bars = True
         limiter_actor = None
         kwargs: dict[str, Any] = {"teacher_cfg": cfg.teacher.model_dump(mode="json"), "dim": cache.dim,
-                                  "max_chars": max_chars}
+                                  "max_chars": max_chars, "journal_dir": str(cache.path)}
         if is_http:
             limiter_actor, kwargs["limiter"] = make_ray_limiter(cfg.teacher, name=f"armada-limiter-{uuid.uuid4().hex[:8]}")
         predictor = AsyncTeacherPredictor if is_http else TeacherPredictor
@@ -362,6 +382,7 @@ def embed_prompts(cfg: ArmadaConfig, rows: list[dict[str, str]], *, log: Callabl
                     limiter_snapshot = None
                 ray.kill(limiter_actor)
         flush()
+        cache.replay_journals()  # finished writers' journals: their rows are in shards now, so this only tidies
         fanout_s = time.monotonic() - t_fan
         busy_span = t_hi - t_lo if t_hi > t_lo else 0.0
         if todo and written == 0 and failed_rows == len(todo):

@@ -226,3 +226,27 @@ def test_corrupt_manifest_is_reported(tmp_path: Path) -> None:
     (cache.path / "manifest.json").write_text("{not json")
     with pytest.raises(CacheError, match="manifest.json"):
         TeacherCache(tmp_path, FP, 8)
+
+
+def test_journaled_replies_of_a_dead_writer_become_a_shard_and_a_live_writers_are_left(tmp_path):
+    """Issue 13: answers received but not yet in a shard were lost on a kill (and paid for again)."""
+    import subprocess
+    import sys
+
+    from armada_ray.cache import ReplyJournal
+
+    cache = TeacherCache(tmp_path, {"kind": "test", "model": "j"}, dim=4, dtype="float32")
+    dead = subprocess.run([sys.executable, "-c", (
+        "import numpy as np, os; from armada_ray.cache import ReplyJournal\n"
+        f"j = ReplyJournal({str(cache.path)!r}, 'dead')\n"
+        "j.append(['a', 'b'], np.ones((2, 4)))\n"
+        "j._f.write('{\"keys\": [\"c\"], \"vect')\n"  # a torn last record: killed mid-write
+        "j._f.flush(); os._exit(9)")], capture_output=True, text=True)
+    assert dead.returncode == 9, dead.stderr
+    live = ReplyJournal(cache.path, "live")
+    live.append(["z"], np.zeros((1, 4)))
+    assert cache.replay_journals() == 2
+    assert set(cache.keys()) == {"a", "b"} and np.allclose(cache.lookup(["a"]), 1.0)
+    assert not (cache.path / "journal" / "dead.jsonl").exists() and live.path.exists()
+    live.close()
+    assert cache.replay_journals() == 1 and "z" in cache

@@ -43,7 +43,7 @@ import random
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -366,19 +366,31 @@ class HttpTeacher:
             self._count(stats, "tokens", float(usage["total_tokens"]))
         return image, None
 
-    async def aembed_rows(self, texts: list[str]) -> EmbedResult:
+    async def aembed_rows(self, texts: list[str],
+                          on_reply: Callable[[int, list[tuple[Any, str | None]]], None] | None = None) -> EmbedResult:
         """Embed ``texts`` with ``batch_size`` texts per request, all requests concurrently (the limiter
-        decides how many are really in flight). Fatal errors (401/403/404/unreachable) raise."""
+        decides how many are really in flight). Fatal errors (401/403/404/unreachable) raise.
+
+        ``on_reply(start, rows)`` is called as each request's reply arrives, with the index of its first text:
+        the caller journals paid answers there, before the rest of the batch is done."""
         texts = list(texts)
         stats: dict[str, float] = {}
         t0 = time.monotonic()
         if self.cfg.api == "images":
             outcomes = await self._gather([self._image_request(t, stats) for t in texts])
             rows = await self._encode_images(outcomes)
+            if on_reply is not None:  # encoded locally after the replies: journaled together
+                on_reply(0, rows)
         else:
             bs = self.cfg.batch_size
-            chunks = [texts[i : i + bs] for i in range(0, len(texts), bs)]
-            parts = await self._gather([self._embeddings_request(c, stats) for c in chunks])
+
+            async def request(start: int) -> list[tuple[Any, str | None]]:
+                part = await self._embeddings_request(texts[start : start + bs], stats)
+                if on_reply is not None:
+                    on_reply(start, part)
+                return part
+
+            parts = await self._gather([request(i) for i in range(0, len(texts), bs)])
             rows = [r for part in parts for r in part]
         dim = self._dim or 0
         result = EmbedResult.empty(len(texts), dim)
