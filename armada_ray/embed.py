@@ -216,9 +216,14 @@ class RayLimiter:
 def task_prompts(cfg: ArmadaConfig) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """Every example of every split as ``{"uid", "split", "prompt"}`` plus a summary of the task."""
     from armada_ray.tasks import load_task
+    from armada_ray.tasks.base import write_skipped
     from armada_ray.teachers.prompts import teacher_prompt
 
     data = load_task(cfg.task)
+    skipped = write_skipped(data, cfg.work_dir)
+    if skipped is not None:
+        print(f"embed: {len(data.skipped)} source rows of {data.spec.name} skipped; each with its file, row, field "
+              f"and reason in {skipped}", flush=True)
     rows = []
     for split in ("train", "dev", "test", "transfer"):
         for ex in data.split(split):

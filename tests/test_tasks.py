@@ -228,6 +228,13 @@ def test_bad_rows_are_skipped_and_reported(tmp_path, caplog):
     assert "entailment, not_entailment" in data.skipped[0]["reason"]
     assert len(data.train) + len(data.dev) == 3 and len(data.test) == 2
     assert "3 source rows skipped" in caplog.text
+    # every one of them can be found: file, row, field and reason on a line each (issue 13)
+    from armada_ray.tasks.base import write_skipped
+
+    out = write_skipped(data, tmp_path / "work")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert out == tmp_path / "work" / "skipped" / "rte.jsonl" and len(rows) == 3
+    assert rows[1]["row"] == 4 and rows[1]["field"] == "sentence2" and rows[1]["reason"]
 
 
 def test_a_split_with_no_usable_row_is_a_config_error(tmp_path):

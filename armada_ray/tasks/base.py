@@ -8,6 +8,8 @@ by class for classification tasks, so the same ``task.seed`` always yields the s
 
 from __future__ import annotations
 
+import json
+
 import logging
 import random
 from collections import Counter, defaultdict
@@ -151,6 +153,19 @@ class BadRow(Exception):
         super().__init__(reason)
         self.field = field_name
         self.reason = reason
+
+
+def write_skipped(data: "TaskData", work_dir: Path) -> Path | None:
+    """Every skipped source row of ``data`` (file, row, field, reason), one JSON line each, in
+    ``<work_dir>/skipped/<task>.jsonl``; None when no row was skipped. Counts alone did not let a user find them."""
+    if not data.skipped:
+        return None
+    out = Path(work_dir) / "skipped" / f"{data.spec.name}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for rec in data.skipped:
+            f.write(json.dumps(rec, default=str) + "\n")
+    return out
 
 
 def skip_record(file: str, row: int, field_name: str | None, reason: str) -> dict[str, Any]:

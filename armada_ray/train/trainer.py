@@ -77,6 +77,11 @@ def check_plan(cfg: ArmadaConfig) -> dict[str, Any]:
     data = load_task(cfg.task)
     plan: dict[str, Any] = {"task": cfg.task.name, "task_kind": data.spec.kind, "train_rows": len(data.train),
                             "dev_rows": len(data.dev), "test_rows": len(data.test), "skipped_rows": len(data.skipped)}
+    from armada_ray.tasks.base import write_skipped
+
+    skipped = write_skipped(data, cfg.work_dir)
+    if skipped is not None:
+        plan["skipped_rows_file"] = str(skipped)
     model_path = resolve_model_path(cfg.student.model, cfg.student.revision)
     shape = memory.model_shape(model_path, causal_lm=data.spec.kind == "generative")
     is_encoder = shape["model_type"] in ("bert", "roberta", "deberta", "deberta-v2", "electra", "distilbert")
@@ -260,6 +265,9 @@ def run_train(cfg: ArmadaConfig) -> dict[str, Any]:
     cfg = resolve_run_name(cfg)
     t0 = time.perf_counter()
     plan = check_plan(cfg)
+    if plan.get("skipped_rows_file"):
+        print(f"[armada] {plan['skipped_rows']} source rows skipped (file, row, field, reason each): "
+              f"{plan['skipped_rows_file']}", flush=True)
     print(f"[armada] plan: {plan['train_rows']} train / {plan['dev_rows']} dev rows of {cfg.task.name}; "
           f"~{plan['memory']['total_gib']:.2f} GiB per worker of {plan['memory']['available_gib']:.1f} available",
           flush=True)
