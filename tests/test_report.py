@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["task.name=pang_lee_polarity", "task.max_train=24", "task.max_dev=12", "task.max_test=12",
         "student.model=tiny-llama", "student.lora.layers_to_transform=null", "student.max_length=32",
         "aligner.hidden=32", "aligner.proj_dim=16", "train.epochs=1", "report.seeds=[1, 2]",
-        "report.transfer_rows=8", "task.transfer_rows=8",
+        "report.transfer_rows=8", "task.transfer_rows=8", "report.setups=[]",
         "report.variants=[baseline, armada-cosine, armada-euclid, armada-pointwise, shuffle-pairs, shuffle-targets, "
         "random-aligner, alpha0, beta0, transfer]"]
 
@@ -49,6 +49,7 @@ def _armada(tmp_path: Path, *args: str, timeout: int = 900) -> subprocess.Comple
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 20 cells (10 variants x 2 seeds) after an embed: about 3 min on a quiet 2-core machine
 def test_ci_sized_study_produces_every_cell_finite(tmp_path):
     refused = _armada(tmp_path, "report", timeout=300)  # nothing embedded yet: refused before any training
     assert refused.returncode == 2 and "run `armada embed`" in refused.stderr, refused.stderr[-1500:]

@@ -51,6 +51,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from armada_ray.config import ArmadaConfig, dump_config
+from armada_ray.model.aligner import AlignerOutput
 from armada_ray.model.aligner_fit import fit_aligner
 from armada_ray.probe import class_targets, linear_probe, probe_line, score_predictions
 from armada_ray.train.data import build_splits, make_dataset
@@ -92,6 +93,7 @@ class ArmadaWorker:
 
         self.cfg, self.session = cfg, session
         self.eval_test = eval_test  # score test at every new best dev epoch (armada report: select on dev)
+        self._targets_table: Any = None  # the frozen aligner's outputs for every train row (student_epoch)
         self.rank, self.world = session.rank, session.world_size
         self.device = session.device
         self.distill = cfg.loss.mode == "armada"
@@ -240,6 +242,26 @@ class ArmadaWorker:
         aligner.train(was_training)
         return out
 
+    def freeze_student_targets(self, joint: bool = False) -> None:
+        """Before a student epoch: with the aligner frozen for it (not joint), its outputs for every train row."""
+        self._targets_table = None
+        if self.distill and not joint:
+            ds = self.datasets["train"]
+            vectors = ds.student_teacher if ds.student_teacher is not None else ds.teacher
+            self._targets_table = self._aligner_targets(torch.as_tensor(vectors, dtype=torch.float32,
+                                                                        device=self.device))
+
+    def _student_targets(self, batch: dict[str, torch.Tensor]) -> Any:
+        """The aligner's outputs for the batch's rows: taken from the epoch's table when the aligner is frozen
+        for the epoch (one forward over the split instead of one per step, the orthogonal map's solve included),
+        else computed now (joint schedule)."""
+        table = self._targets_table
+        if table is not None:
+            idx = batch["index"].to(table.p_t.device)
+            pick = lambda t: None if t is None else t[idx]  # noqa: E731
+            return AlignerOutput(pick(table.t1), pick(table.t2), table.p_t[idx])
+        return self._aligner_targets(batch.get("student_teacher", batch["teacher"]))
+
     def _aligner_step(self, batch: dict[str, torch.Tensor]) -> float:
         from armada_ray.model import aligner_loss
 
@@ -264,13 +286,13 @@ class ArmadaWorker:
         if self.generative:
             out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                               labels=batch["lm_labels"])
-            targets = self._aligner_targets(batch.get("student_teacher", batch["teacher"])) if self.distill else None
+            targets = self._student_targets(batch) if self.distill else None
             y = batch["labels"] if self.num_classes else None
             loss, comps = generative_loss(out, targets, self.cfg.loss, y=y, mask=None if y is None else y >= 0)
         elif self.distill:
             out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                               token_type_ids=batch.get("token_type_ids"))
-            targets = self._aligner_targets(batch.get("student_teacher", batch["teacher"]))
+            targets = self._student_targets(batch)
             labels = batch["labels"]
             if not self.regression and targets.t1 is not None:  # transfer-set rows: the aligner's label
                 labels = torch.where(labels >= 0, labels, targets.t1.argmax(-1))
@@ -316,6 +338,7 @@ class ArmadaWorker:
 
     def student_epoch(self, epoch: int, joint: bool = False) -> dict[str, float]:
         self.engine.train()
+        self.freeze_student_targets(joint)
         loader = self._loader("train", shuffle=True, epoch=epoch)
         n, t0 = self._limit(loader), time.perf_counter()
         records: list[dict[str, float]] = []
