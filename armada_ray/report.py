@@ -137,6 +137,7 @@ def run_cell(cfg: ArmadaConfig, session: Any) -> dict[str, Any]:
            "aligner_dev": state.get("best_aligner_metric"), "probe_dev": (state.get("probe") or {}).get(
                "probe_dev_metric"), "wall_s": round(wall, 2), "setup_s": round(t_ready - t0, 2),
            "overhead_s": round(wall - epochs_s, 2), "epochs": state["epoch"]}
+    worker.engine.destroy()  # DeepSpeed's global references (hooks, optimizer state) would outlive the cell
     del worker
     gc.collect()
     return out
