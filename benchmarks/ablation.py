@@ -33,11 +33,15 @@ QUICK = ["task.name=pang_lee_polarity", "task.max_train=24", "task.max_dev=12", 
 def armada(*args: str) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "armada_ray.cli", *args, "--json"], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
+    proc = subprocess.Popen([sys.executable, "-m", "armada_ray.cli", *args, "--json"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, text=True)
+    last = ""
+    for line in proc.stdout:  # progress stays visible (on stderr); the JSON line is the last one
+        sys.stderr.write(line)
+        last = line if line.strip() else last
+    if proc.wait() != 0:
         raise SystemExit(f"armada {args[0]} failed with exit {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(last)
 
 
 def main() -> None:
