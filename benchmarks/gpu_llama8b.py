@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, emit  # noqa: E402
 
 os.environ.setdefault("ARMADA_CACHE_DIR", str(Path.home() / ".cache" / "armada-ray"))
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(os.environ["ARMADA_CACHE_DIR"]) / "torch_extensions"))
+from armada_ray.train.ops import DEFAULT_EXTENSIONS_DIR  # noqa: E402 - after ARMADA_CACHE_DIR is set
+
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(DEFAULT_EXTENSIONS_DIR))
 
 
 def run(base: list[str], *extra: str) -> dict:

@@ -21,7 +21,9 @@ from _watchdog import pytest_runtest_logstart, pytest_sessionstart, pytest_timeo
 
 CACHE = Path(os.environ.get("ARMADA_CACHE_DIR", Path.home() / ".cache" / "armada-ray"))
 os.environ.setdefault("ARMADA_CACHE_DIR", str(CACHE))
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))
+from armada_ray.train.ops import DEFAULT_EXTENSIONS_DIR  # noqa: E402 - after ARMADA_CACHE_DIR is set
+
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(DEFAULT_EXTENSIONS_DIR))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -22,13 +22,23 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-DEFAULT_EXTENSIONS_DIR = Path.home() / ".cache" / "armada-ray" / "torch_extensions"
+def _default_extensions_dir() -> Path:
+    """One folder per Python environment: torch rebuilds an op whose sources or flags changed, and every
+    virtualenv has its own DeepSpeed source path, so two checkouts sharing a folder would rebuild each other's
+    ops at run time (seen: a second clone's tests recompiling deepspeed_shm_comm)."""
+    tag = hashlib.sha1(os.path.realpath(sys.prefix).encode()).hexdigest()[:10]
+    return Path(os.environ.get("ARMADA_CACHE_DIR") or Path.home() / ".cache" / "armada-ray") / "torch_extensions" / (
+        f"py{sys.version_info.major}{sys.version_info.minor}-{tag}")
+
+
+DEFAULT_EXTENSIONS_DIR = _default_extensions_dir()
 # builder class -> (op name = build folder, what it is for, how long a build usually takes on 2 cores)
 CPU_OPS = {
     "ShareMemCommBuilder": ("deepspeed_shm_comm", "CPU collectives", 45),
@@ -93,7 +103,7 @@ def guarded_load(name: str, load: Callable[[], Any], log: Callable[[str], None] 
         building = not (folder / f"{name}.so").exists()
         if building:
             hint = f", usually about {minutes_hint:.0f} s on 2 cores" if minutes_hint else ""
-            log(f"building DeepSpeed op {name} into {folder} (once per machine{hint})")
+            log(f"building DeepSpeed op {name} into {folder} (once per Python environment{hint})")
         t0 = time.perf_counter()
         module = load()
         if building:
