@@ -157,32 +157,47 @@ def run_report(cfg: ArmadaConfig) -> dict[str, Any]:
     n_cells = len(setups) * len(seeds) * len(variants)
     print(f"[armada report] {len(setups)} setup(s) x {len(variants)} variants x {len(seeds)} seeds = {n_cells} "
           f"runs in this process (no Ray start-up per run)", flush=True)
-    cells: list[dict[str, Any]] = []
     probes: dict[str, dict[str, Any]] = {}
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(n, v): [] for n, _, _ in setups for v in variants}
     done = 0
-    for name, scfg, self_distill in setups:
+    for name, scfg, _ in setups:
         try:
             probes[name] = probe_for_config(scfg)
             print(f"[armada report] {name}: probe dev {probes[name]['probe_dev_metric']:.4f} "
                   f"(floor {probes[name]['floor_dev_metric']:.4f})", flush=True)
         except Exception as exc:  # noqa: BLE001 - the probe is a cell like any other
             probes[name] = {"error": f"{type(exc).__name__}: {exc}"}
-        for variant in variants:
-            runs: list[dict[str, Any]] = []
-            for seed in seeds:
+    # seed-major: a study stopped early still holds every variant for the seeds it finished, and what it
+    # finished is on disk (report.partial.json) after every run
+    for seed in seeds:
+        for name, scfg, _ in setups:
+            for variant in variants:
                 done += 1
                 try:
                     run = run_cell(cell_config(scfg, variant, seed), session)
                 except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the study goes on
                     run = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-                runs.append({"seed": seed, **run})
+                runs[(name, variant)].append({"seed": seed, **run})
                 print(f"[armada report] {done}/{n_cells} {name} {variant} seed {seed}: "
                       + (f"dev {run['dev']:.4f} test {run['test']:.4f} aligner {_fmt(run['aligner_dev'])} "
                          f"({run['wall_s']:.0f} s)" if "error" not in run else f"FAILED {run['error']}"), flush=True)
-            cells.append(_cell(name, scfg, variant, runs, self_distill))
+                partial = _summarize(cfg, setups, _cells(setups, variants, runs), probes, time.perf_counter() - t_start)
+                _out_dir(cfg).mkdir(parents=True, exist_ok=True)
+                (_out_dir(cfg) / "report.partial.json").write_text(json.dumps(partial, indent=2, default=_json_default))
+    cells = _cells(setups, variants, runs)
     result = _summarize(cfg, setups, cells, probes, time.perf_counter() - t_start)
     _write(cfg, result)
     return result
+
+
+def _cells(setups: list[tuple[str, ArmadaConfig, bool]], variants: list[str],
+           runs: dict[tuple[str, str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [_cell(name, scfg, v, runs[(name, v)], self_distill) for name, scfg, self_distill in setups
+            for v in variants if runs[(name, v)]]
+
+
+def _out_dir(cfg: ArmadaConfig) -> Path:
+    return cfg.report.out or cfg.work_dir / "reports" / cfg.name
 
 
 def _fmt(v: Any) -> str:
@@ -268,7 +283,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _write(cfg: ArmadaConfig, result: dict[str, Any]) -> None:
-    out = cfg.report.out or cfg.work_dir / "reports" / cfg.name
+    out = _out_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(result, indent=2, default=_json_default))
     (out / "report.md").write_text(markdown(result) + "\n")
