@@ -228,8 +228,11 @@ def test_encoder_freeze_layers_below_and_lora_targets():
     )
     names = [n for n, p in lora.named_parameters() if p.requires_grad and "lora_" in n]
     assert names and all("layer.5." in n for n in names) and len(names) == 4
+    # refused as soon as the config is built (issue 13: it used to fail only inside the Ray worker)
+    from armada_ray.config import load_config
+
     with pytest.raises(ConfigError, match="full fine-tuning only"):
-        build_student(_cfg("minilm", lora=True, freeze_layers_below=2), num_classes=2, proj_dim=8)
+        load_config(None, ["student.model=minilm", "student.lora.enabled=true", "student.freeze_layers_below=2"])
 
 
 def test_decoder_lora_and_full_trainable_params(tiny_full):
