@@ -491,8 +491,10 @@ class ArmadaWorker:
         self.best_aligner = copy.deepcopy(aligner.state_dict()) if cfg.aligner.student_targets == "best" \
             else fit.best_state
         self.state["best_aligner_metric"] = fit.best_metric
+        used = fit.best_epoch if cfg.aligner.student_targets == "best" else fit.epochs_run
         self.state["aligner_fit"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
-                                     "best_dev_metric": fit.best_metric}
+                                     "best_dev_metric": fit.best_metric,
+                                     "loss": fit.curve[max(used, 1) - 1]["loss"] if fit.curve else math.nan}
         if self.tracker is not None:
             for point in fit.curve:
                 self.tracker.log_metrics({"aligner_fit_loss": point["loss"],
@@ -549,6 +551,8 @@ class ArmadaWorker:
                     self.best_aligner = copy.deepcopy(_unwrap(self.aligner).state_dict())
                 if cfg.aligner.student_targets == "best":
                     _unwrap(self.aligner).load_state_dict(self.best_aligner)
+            if "aligner_fit" in self.state and not per_epoch:  # the loss of the fitted aligner the student uses
+                rec["aligner_loss"] = self.state["aligner_fit"]["loss"]
             rec.update(self.student_epoch(epoch, joint=per_epoch and cfg.train.schedule == "joint"))
             ev = self.evaluate("dev")
             rec["dev_metric"] = ev["dev_metric"]
