@@ -19,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _kill_orphan_compilers(ext: Path) -> None:
-    """The Ray worker's g++/ninja children outlive the killed run (they are not in its process group); left
-    alone they finish their object files while the rerun compiles. Killed by PID: those working in ``ext``."""
+    """The Ray worker building the op, and its g++/ninja children, are not in the killed run's process group and
+    outlive it: a worker left alive finishes or aborts the build and removes torch's lock itself, which is not
+    the dead builder under test. Killed by PID: processes working in ``ext`` or holding a file open there."""
     for proc in psutil.process_iter(["pid"]):
         try:
-            if proc.cwd().startswith(str(ext)):
+            if proc.cwd().startswith(str(ext)) or any(f.path.startswith(str(ext)) for f in proc.open_files()):
                 proc.kill()
         except psutil.Error:
             continue
