@@ -73,14 +73,10 @@ def run_demo(cfg: ArmadaConfig) -> dict[str, Any]:
 
 def _probe(cfg: ArmadaConfig) -> dict[str, Any] | None:
     """The teacher's ceiling on the task (``armada probe``), printed before any training."""
-    from armada_ray.probe import probe_for_config, probe_line
+    from armada_ray.probe import try_probe
 
-    try:
-        result = probe_for_config(cfg)
-    except Exception as exc:  # noqa: BLE001 - a diagnostic never stops the demo
-        print(f"[armada demo] no linear probe ({exc})", flush=True)
-        return None
-    print(f"[armada demo] {probe_line(result)}", flush=True)
+    result, line = try_probe(cfg)
+    print(f"[armada demo] {line}", flush=True)
     return result
 
 

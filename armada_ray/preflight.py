@@ -327,14 +327,12 @@ def _check_cache(cfg: ArmadaConfig, command: str, data: Any, check: Check) -> No
 
 def _probe(cfg: ArmadaConfig, data_out: dict[str, Any]) -> str:
     """The teacher's ceiling on this task (``armada probe``), when the train and dev vectors are all cached."""
-    from armada_ray.probe import probe_for_config, probe_line
+    from armada_ray.probe import try_probe
 
-    try:
-        result = probe_for_config(cfg)
-    except Exception as exc:  # noqa: BLE001 - e.g. open answers: no probe, not a failed plan
-        return f"no linear probe ({_one_line(exc, 120)})"
-    data_out.update({k: result[k] for k in ("probe_dev_metric", "floor_dev_metric", "teacher_signal")})
-    return probe_line(result)
+    result, line = try_probe(cfg)
+    if result is not None:
+        data_out.update({k: result[k] for k in ("probe_dev_metric", "floor_dev_metric", "teacher_signal")})
+    return line
 
 
 def student_memory(cfg: ArmadaConfig, available_gib: float, device: str) -> Any:

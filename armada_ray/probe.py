@@ -98,6 +98,16 @@ def probe_for_config(cfg: ArmadaConfig) -> dict[str, Any]:
     return {"task": spec.name, **linear_probe(spec, tr.teacher, tr.labels, dv.teacher, dv.labels, seed=cfg.train.seed)}
 
 
+def try_probe(cfg: ArmadaConfig) -> tuple[dict[str, Any] | None, str]:
+    """(the probe or None, its one line) for diagnostics that must never stop what they accompany (the
+    preflight, the demo): a task without a probe (e.g. open answers) gives None and the reason."""
+    try:
+        result = probe_for_config(cfg)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic, not a failed plan
+        return None, "no linear probe (" + " ".join(str(exc).split())[:120] + ")"
+    return result, probe_line(result)
+
+
 def run_probe(cfg: ArmadaConfig) -> dict[str, Any]:
     """``armada probe``: print the probe and floor; log them as an MLflow run of kind ``probe``."""
     result = probe_for_config(cfg)
