@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg: ArmadaConfig = load_config(args.config, args.overrides)
         if args.command in ("embed", "train", "tune", "eval", "demo", "probe", "report"):
-            from armada_ray.tasks import get_task
+            from armada_ray.tasks import task_spec
 
-            get_task(cfg.task.name)  # an unknown task is refused before any stage starts
+            task_spec(cfg.task)  # an unknown task is refused before any stage starts
         fn = _resolve(COMMANDS[args.command][0])
         kwargs: dict[str, Any] = {}
         if args.command == "ui":

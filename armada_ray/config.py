@@ -199,17 +199,85 @@ class CacheConfig(_Section):
     dir: AbsPath | None = Field(None, description="Cache root (default <work_dir>/cache).")
 
 
+SPLIT_NAMES = ("train", "dev", "test")
+# task.kind -> metrics a file task may be scored with (the first is the default; armada_ray/tasks/metrics.py)
+FILE_TASK_METRICS = {"classification": ("accuracy", "macro_f1", "f1", "mcc"),
+                     "regression": ("pearson", "spearman"),
+                     "generative": ("exact_match", "numeric_em", "rouge_l")}
+# the keys of a file task (issue 16): only read with task.name=files
+FILE_TASK_KEYS = ("files", "hub", "text_fields", "label_field", "labels", "kind", "answer_field", "metric",
+                  "id_field")
+
+
+def _absolute_globs(files: dict[str, str] | None) -> dict[str, str] | None:
+    """task.files paths/globs made absolute on load, like every other path (issue 13)."""
+    return None if files is None else {k: str(Path(v).expanduser().absolute()) for k, v in files.items()}
+
+
+class HubDatasetConfig(_Section):
+    path: str = Field(..., min_length=1, description="Hugging Face dataset id, e.g. imdb or owner/name.")
+    name: str | None = Field(None, description="The dataset's configuration name, if it has several.")
+    splits: dict[Literal["train", "dev", "test"], str] = Field(
+        default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"},
+        description="Our split -> the dataset's split; a split the dataset lacks is carved from train.")
+
+
 class TaskConfig(_Section):
-    name: str = Field("bbc_topics", description="A registered task (armada tasks lists them).")
+    name: str = Field("bbc_topics", description="A registered task (armada tasks lists them), or files: your own data.")
     data_dir: AbsPath | None = Field(None, description="Local files for file-backed tasks (GLUE TSV, JSONL).")
+    files: Annotated[dict[Literal["train", "dev", "test"], str] | None, AfterValidator(_absolute_globs)] = Field(
+        None, description="task.name=files: a path or glob per split (JSONL, JSON, CSV, TSV, Parquet); train is "
+                          "required, a missing dev/test is carved from train with task.seed.")
+    hub: HubDatasetConfig | None = Field(None, description="task.name=files: a Hugging Face dataset instead of files.")
+    text_fields: list[str] | None = Field(
+        None, min_length=1, description="task.name=files: the text columns, in prompt order (two = a pair task).")
+    label_field: str = Field("label", description="task.name=files: the label column (classification/regression).")
+    labels: list[str] | None = Field(
+        None, min_length=2, description="task.name=files: the class names (default: inferred from train, sorted); "
+                                        "integer labels index this list.")
+    kind: Literal["classification", "regression", "generative"] = Field(
+        "classification", description="task.name=files: what the label column holds.")
+    answer_field: str | None = Field(None, description="task.name=files, kind generative: the answer column.")
+    metric: str | None = Field(None, description="task.name=files: the selection metric (default by kind: "
+                                                 + "; ".join(f"{k}: {', '.join(v)}" for k, v in
+                                                             FILE_TASK_METRICS.items()) + ").")
+    id_field: str | None = Field(None, description="task.name=files: a column of row ids (default: the row number).")
     max_train: int | None = Field(None, ge=1, description="Cap on train rows (seeded subsample).")
     max_dev: int | None = Field(None, ge=1)
     max_test: int | None = Field(None, ge=1)
     seed: int = Field(13, description="Seed of the fixed train/dev/test split.")
     transfer_rows: int = Field(
         0, ge=0, description="Transfer set (beyond the paper): this many train rows beyond task.max_train, embedded "
-                             "by the teacher and labelled by the aligner; the student learns from them without labels.",
+                             "by the teacher and labelled by the aligner; the student learns from them without labels. "
+                             "A file task's unlabelled train rows go there first.",
     )
+
+    @model_validator(mode="after")
+    def _file_task(self) -> "TaskConfig":
+        if self.name != "files":
+            # set to anything but its default (a dumped config lists every key, so "was it given" is not enough)
+            stray = [k for k in FILE_TASK_KEYS if getattr(self, k) != type(self).model_fields[k].get_default(
+                call_default_factory=True)]
+            if stray:
+                raise ValueError(f"task.{stray[0]} is only read with task.name=files (task.name={self.name!r})")
+            return self
+        if (self.files is None) == (self.hub is None):
+            raise ValueError("task.name=files needs exactly one of task.files (paths or globs per split, e.g. "
+                             "{train: data/train.jsonl}) and task.hub ({path: owner/name})")
+        if self.files is not None and "train" not in self.files:
+            raise ValueError(f"task.files needs a train entry (given: {', '.join(self.files)})")
+        if not self.text_fields:
+            raise ValueError("task.name=files needs task.text_fields, the text columns, e.g. [text]")
+        if self.kind == "generative" and not self.answer_field:
+            raise ValueError("task.kind=generative needs task.answer_field, the column of the target answers")
+        if self.kind != "classification" and self.labels is not None:
+            raise ValueError(f"task.labels applies to kind classification, not {self.kind}")
+        allowed = FILE_TASK_METRICS[self.kind]
+        if self.metric is not None and self.metric not in allowed:
+            raise ValueError(f"task.metric={self.metric!r} for kind {self.kind}: allowed {', '.join(allowed)}")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"task.labels has a repeated name: {self.labels}")
+        return self
 
 
 class LoraConfig(_Section):
@@ -354,6 +422,11 @@ class TuneConfig(_Section):
     max_concurrent_trials: int = Field(2, ge=1)
     grace_period: int = Field(1, ge=1)
     include_baseline: bool = Field(True, description="Also train the undistilled baseline for comparison.")
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="The final comparison: the best trial's config and the undistilled baseline each trained once "
+                    "per seed with the same budget, scored on test at their best dev epoch (mean ± 95 % interval, "
+                    "paired difference). Empty: one baseline run at train.seed.")
 
 
 REPORT_VARIANTS = ("baseline", "armada-cosine", "armada-euclid", "armada-pointwise", "shuffle-pairs",

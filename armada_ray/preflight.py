@@ -152,11 +152,11 @@ def place_workers(nodes: list[dict[str, Any]], n: int, cpus: float, gpus: float)
 
 
 def _check_config(cfg: ArmadaConfig, command: str, check: Check) -> None:
-    from armada_ray.tasks import get_task
+    from armada_ray.tasks import task_spec
     from armada_ray.train.ds_config import check_ds_settings
 
     problems = check_ds_settings(cfg.train, cfg.scaling, on_gpu=cfg.scaling.use_gpu)
-    spec = get_task(cfg.task.name)
+    spec = task_spec(cfg.task)
     if command == "tune":
         from armada_ray.tune import check_sweep
 
@@ -338,11 +338,11 @@ def _probe(cfg: ArmadaConfig, data_out: dict[str, Any]) -> str:
 def student_memory(cfg: ArmadaConfig, available_gib: float, device: str) -> Any:
     """``armada_ray.train.memory`` estimate for this config's student, LoRA, ZeRO stage and batch."""
     from armada_ray.model.hub import resolve_model_path
-    from armada_ray.tasks import get_task
+    from armada_ray.tasks import task_spec
     from armada_ray.train import memory
 
     shape = memory.model_shape(resolve_model_path(cfg.student.model, cfg.student.revision),
-                               causal_lm=get_task(cfg.task.name).kind == "generative")
+                               causal_lm=task_spec(cfg.task).kind == "generative")
     return memory.estimate_for_config(cfg, shape, available_gib, device)
 
 

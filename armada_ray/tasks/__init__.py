@@ -15,7 +15,7 @@ from armada_ray.tasks.base import (
     student_text,
 )
 from armada_ray.tasks.metrics import METRICS, compute_metrics
-from armada_ray.tasks.registry import get_task, list_tasks, load_task, register, run_list_tasks
+from armada_ray.tasks.registry import get_task, list_tasks, load_task, register, run_list_tasks, task_spec
 
 __all__ = [
     "Example",
@@ -32,4 +32,5 @@ __all__ = [
     "load_task",
     "register",
     "run_list_tasks",
+    "task_spec",
 ]

@@ -304,8 +304,10 @@ def fill_missing_splits(spec: TaskSpec, splits: dict[str, list[Example] | None],
 
 
 def finalize(spec: TaskSpec, cfg: "TaskConfig", train: list[Example], dev: list[Example], test: list[Example],
-             skipped: list[dict[str, Any]], notes: list[str]) -> TaskData:
-    """Apply the ``task.max_*`` caps, check that no split is empty and report skipped rows."""
+             skipped: list[dict[str, Any]], notes: list[str], unlabelled: Sequence[Example] = ()) -> TaskData:
+    """Apply the ``task.max_*`` caps, check that no split is empty and report skipped rows.
+
+    ``unlabelled``: rows without a label (a file task's), the first candidates of the transfer set."""
     stratify = spec.kind == "classification"
     out = {}
     for name, rows, cap in (("train", train, cfg.max_train), ("dev", dev, cfg.max_dev), ("test", test, cfg.max_test)):
@@ -319,9 +321,12 @@ def finalize(spec: TaskSpec, cfg: "TaskConfig", train: list[Example], dev: list[
         kept = {ex.uid for ex in out["train"]}
         pool = [ex for ex in train if ex.uid not in kept]
         # its labels are never read: the aligner labels these rows (train/loop.py)
-        transfer = subsample(pool, cfg.transfer_rows, cfg.seed + 1, False)
-        notes.append(f"transfer set: {len(transfer)} unlabelled rows from the {len(pool)} train rows beyond "
-                     f"task.max_train (task.transfer_rows={cfg.transfer_rows})")
+        transfer = list(unlabelled[: cfg.transfer_rows])
+        transfer += subsample(pool, cfg.transfer_rows - len(transfer), cfg.seed + 1, False) \
+            if len(transfer) < cfg.transfer_rows else []
+        notes.append(f"transfer set: {len(transfer)} rows from {len(unlabelled)} unlabelled rows and the "
+                     f"{len(pool)} train rows beyond task.max_train (task.transfer_rows={cfg.transfer_rows})")
+
     if skipped:
         by_place = Counter((Path(str(s["file"])).name, s["field"]) for s in skipped)
         summary = ", ".join(f"{f} field {fld!r}: {c}" for (f, fld), c in by_place.most_common(5))

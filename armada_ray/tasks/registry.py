@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from armada_ray.config import ConfigError
+from armada_ray.tasks import files
 from armada_ray.tasks.base import TaskData, TaskSpec
 from armada_ray.tasks.generative import GENERATIVE_TASKS
 from armada_ray.tasks.glue import GLUE_TASKS, SUPERGLUE_TASKS
@@ -24,7 +25,7 @@ def register(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-for _spec in (*OFFLINE_TASKS, *GLUE_TASKS, *SUPERGLUE_TASKS, *GENERATIVE_TASKS):
+for _spec in (*OFFLINE_TASKS, *GLUE_TASKS, *SUPERGLUE_TASKS, *GENERATIVE_TASKS, files.placeholder_spec()):
     register(_spec)
 
 
@@ -38,6 +39,14 @@ def get_task(name: str) -> TaskSpec:
         return REGISTRY[name]
     except KeyError:
         raise ConfigError(f"task.name={name!r}: unknown task; known: {', '.join(REGISTRY)}") from None
+
+
+def task_spec(task_cfg: "TaskConfig") -> TaskSpec:
+    """The spec of ``task_cfg`` without loading it: the registered task's, or what a file task declares
+    (its inferred labels are known only once loaded: ``load_task(...).spec``)."""
+    if task_cfg.name == files.NAME:
+        return files.spec_for(task_cfg)
+    return get_task(task_cfg.name)
 
 
 def load_task(task_cfg: "TaskConfig") -> TaskData:
@@ -63,5 +72,6 @@ def run_list_tasks(cfg: "ArmadaConfig") -> dict[str, Any]:
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     for r in (header, tuple("-" * w for w in widths), *rows):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), flush=True)
-    print(f"\n{len(rows)} tasks; the current config uses task.name={cfg.task.name!r}", flush=True)
+    print(f"\n{len(rows)} tasks; the current config uses task.name={cfg.task.name!r}. Your own data: task.name=files "
+          "with task.files (or task.hub), task.text_fields, task.label_field (README: 'Your own data')", flush=True)
     return {"tasks": [spec.name for spec in list_tasks()], "n_tasks": len(rows)}
