@@ -87,14 +87,17 @@ def _eval_and_export(cfg: ArmadaConfig, sweep: dict[str, Any], summary: dict[str
 
     rows = {}
     best_label = f"ARMADA best ({sweep['best_trial'].split('/')[-1]}, export)"
-    for label, ckpt, dev in (("undistilled baseline", sweep.get("baseline_checkpoint"), sweep.get("baseline_dev_metric")),
-                             (best_label, sweep["export_dir"], sweep["best_dev_metric"])):
+    runs = [(best_label, sweep["export_dir"], sweep["best_dev_metric"])]
+    if not sweep.get("comparison"):  # the seeded comparison already scored the baseline on test
+        runs.insert(0, ("undistilled baseline", sweep.get("baseline_checkpoint"), sweep.get("baseline_dev_metric")))
+    for label, ckpt, dev in runs:
         if not ckpt:
             continue
         res, dt = _timed(f"eval on test: {label}", lambda ckpt=ckpt: evaluate_checkpoint(cfg, Path(ckpt), "test"))
         rows[label] = {"dev": dev, "test": res["metric_value"], "metric": res["metric"],
                        "predictions": res["predictions"], "eval_s": round(dt, 1)}
     summary["results"] = rows
+    summary["comparison"] = sweep.get("comparison")
     summary["export_dir"] = sweep["export_dir"]
 
 
@@ -117,13 +120,22 @@ def _print_table(cfg: ArmadaConfig, summary: dict[str, Any]) -> None:
         for label, r in results.items():
             dev = f"{r['dev']:.4f}" if r["dev"] is not None else "-"
             print(f"{label:<36}{dev:>14}{r['test']:>15.4f}")
+    comparison = summary.get("comparison")
+    if comparison and results:
+        from armada_ray.tune import comparison_lines
+
+        print("\n" + "\n".join(comparison_lines(comparison, next(iter(results.values()))["metric"])))
     probe, tune = summary.get("probe"), stages.get("tune", {})
     if probe:
         aligner = tune.get("best_aligner_dev_metric")
         line = (f"\nteacher ceiling: linear probe on the cached vectors, dev {probe['metric']} "
                 f"{probe['probe_dev_metric']:.4f} (majority floor {probe['floor_dev_metric']:.4f})")
         print(line + (f"; best trial's aligner dev {aligner:.4f}" if aligner is not None else ""))
-    print("one seed each: `armada report --config jobs/ablation.yaml` compares them over seeds with intervals")
+    if comparison:
+        print(f"{len(comparison['seeds'])} seeds is a small sample (the interval says how small): `armada report "
+              "--config jobs/ablation.yaml` runs the full study (3 seeds, every control)")
+    else:
+        print("one seed each: `armada report --config jobs/ablation.yaml` compares them over seeds with intervals")
     if "export_dir" in summary:
         print(f"\nexport  {summary['export_dir']}")
     if "tune" in stages and stages["tune"].get("mlflow_url"):

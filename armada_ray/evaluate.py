@@ -88,8 +88,12 @@ def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_d
     out_file = out_dir / f"predictions-{split}.jsonl"
     with open(out_file, "w") as f:
         for ex, p, ref in zip(rows, preds, refs):
-            label = p if regression or generative else spec.labels[int(p)]
-            f.write(json.dumps({"uid": ex.uid, "prediction": label, "reference": ref}) + "\n")
+            if regression or generative:
+                row = {"uid": ex.uid, "prediction": p, "reference": ref}
+            else:  # label names for a reader, ids for a program
+                row = {"uid": ex.uid, "prediction": spec.labels[int(p)], "reference": spec.labels[int(ref)],
+                       "prediction_id": int(p), "reference_id": int(ref)}
+            f.write(json.dumps(row) + "\n")
     result = {"checkpoint": str(path), "task": cfg.task.name, "split": split, "rows": len(rows),
               "metric": spec.metric, "metric_value": float(metrics[spec.metric]),
               "metrics": {k: float(v) for k, v in metrics.items()}, "predictions": str(out_file)}

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from armada_ray import console
 from armada_ray.config import ArmadaConfig, ConfigError, apply_overrides, build_config, save_config
 
 # Metrics the training loop reports every epoch (plus dev_<name> for each of the task's metrics).
@@ -151,7 +152,8 @@ def run_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> tuple[Any, Path]:
                 max_concurrent_trials=cfg.tune.max_concurrent_trials, scheduler=_scheduler(cfg),
                 search_alg=_searcher(cfg),
             ),
-            run_config=tune.RunConfig(name=sweep_name, storage_path=str(storage), verbose=1),
+            # trial tables only with --verbose: every trial prints its own epoch lines
+            run_config=tune.RunConfig(name=sweep_name, storage_path=str(storage), verbose=console.tune_verbosity()),
         )
     return tuner.fit(), sweep_dir
 
@@ -172,8 +174,9 @@ def collect_trials(sweep_dir: Path) -> list[dict[str, Any]]:
         for key in ("aligner_dev_metric", "probe_dev_metric"):  # the teacher side beside the student
             trial[key] = best[1].get(key) if best else None
         latest = ckpts[-1][0] / "state.json" if ckpts else None
-        trial["mlflow_run_id"] = json.loads(latest.read_text()).get("mlflow_run_id") if latest and latest.exists() \
-            else None
+        state = json.loads(latest.read_text()) if latest and latest.exists() else {}
+        trial["mlflow_run_id"] = state.get("mlflow_run_id")
+        trial["dev_curve"] = [h.get("dev_metric") for h in state.get("history", [])]
         trials.append(trial)
     return trials
 
@@ -209,6 +212,142 @@ def run_baseline(cfg: ArmadaConfig, parent_run_id: str | None) -> dict[str, Any]
     return summarize_result(bcfg, result, time.perf_counter() - t0)
 
 
+# Search-space paths that only a distilled run reads; any other path (train.lr, train.epochs, student.*) is
+# shared with the undistilled baseline, which then gets a sweep of its own over them with the same budget.
+ARMADA_ONLY_PREFIXES = ("loss.", "aligner.", "teacher.")
+
+
+def shared_search_space(cfg: ArmadaConfig) -> dict[str, Any]:
+    """The part of ``tune.search_space`` that the undistilled baseline shares with the ARMADA trials."""
+    return {k: v for k, v in cfg.tune.search_space.items() if not k.startswith(ARMADA_ONLY_PREFIXES)}
+
+
+def run_baseline_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> dict[str, Any]:
+    """The baseline's own sweep over the shared search space (same num_samples): its best params on dev."""
+    bcfg = cfg.model_copy(update={
+        "run_name": f"{cfg.run_name}-baseline", "resume": False,
+        "loss": cfg.loss.model_copy(update={"mode": "baseline"}),
+        "tune": cfg.tune.model_copy(update={"search_space": shared_search_space(cfg)})})
+    print(f"[armada] the baseline gets the trials' budget over what they share: a sweep of "
+          f"{cfg.tune.num_samples} over {', '.join(bcfg.tune.search_space)}", flush=True)
+    _, bdir = run_sweep(bcfg, parent_run_id)
+    finished = [t for t in collect_trials(bdir) if t.get("best_dev_metric") is not None]
+    if not finished:
+        raise RuntimeError(f"no baseline trial finished ({bdir})")
+    sign = 1 if cfg.tune.mode == "max" else -1
+    return max(finished, key=lambda t: sign * t["best_dev_metric"])
+
+
+def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dict[str, Any],
+                   parent_run_id: str | None) -> dict[str, Any]:
+    """Best ARMADA config vs the undistilled baseline over ``tune.seeds`` (issue 12: not one run against the best
+    of N). Each arm is trained once per seed with the same budget, selected on dev and scored on test at its best
+    dev epoch; the sweep's own best trial stands for its seed. Returns both arms' runs, mean ± 95 % interval and
+    the paired difference (points) with its interval and t-test."""
+    from armada_ray.evaluate import evaluate_checkpoint
+    from armada_ray.report import mean_ci95, paired
+    from armada_ray.train.trainer import build_trainer, summarize_result
+
+    base = cfg.model_dump(mode="json")
+    base.update(run_name=None, resume=False)
+    arms = {"armada": dict(best["params"]), "baseline": {**baseline_params, "loss.mode": "baseline"}}
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    for seed in cfg.tune.seeds:
+        for arm, params in arms.items():
+            name = f"{cfg.run_name}/seed{seed}-{arm}"
+            rcfg = trial_config(base, {**params, "train.seed": seed}, run_name=name)
+            if arm == "armada" and seed == cfg.train.seed and best.get("best_checkpoint"):
+                res = evaluate_checkpoint(rcfg, Path(best["best_checkpoint"]), "test")
+                runs[arm].append({"seed": seed, "dev": best["best_dev_metric"], "test": res["metric_value"],
+                                  "run_name": best["run_name"], "checkpoint": best["best_checkpoint"]})
+                continue
+            print(f"[armada] comparison: {arm} at seed {seed} ({name})", flush=True)
+            t0 = time.perf_counter()
+            result = build_trainer(rcfg, parent_run_id=parent_run_id, name=f"seed{seed}-{arm}", eval_test=True).fit()
+            if result.error:  # recorded, the comparison goes on with the seeds it has
+                runs[arm].append({"seed": seed, "error": str(result.error)[:300]})
+                continue
+            s = summarize_result(rcfg, result, time.perf_counter() - t0)
+            runs[arm].append({"seed": seed, "dev": s["best_dev_metric"], "test": s["test_at_best_dev"],
+                              "run_name": name, "checkpoint": s["best_checkpoint"], "wall_s": s["wall_s"]})
+    out: dict[str, Any] = {"seeds": list(cfg.tune.seeds), "armada_params": arms["armada"],
+                           "baseline_params": baseline_params, "arms": {}}
+    for arm, rs in runs.items():
+        test_mean, test_half = mean_ci95([r["test"] for r in rs if r.get("test") is not None])
+        dev_mean, _ = mean_ci95([r["dev"] for r in rs if r.get("dev") is not None])
+        out["arms"][arm] = {"runs": rs, "test_mean": test_mean, "test_ci95": test_half, "dev_mean": dev_mean}
+    out["paired"] = paired([r.get("test") for r in runs["armada"]], [r.get("test") for r in runs["baseline"]])
+    return out
+
+
+def comparison_lines(comp: dict[str, Any], metric: str) -> list[str]:
+    """The comparison as a few console lines (also the demo's summary)."""
+    def num(v: Any, fmt: str = ".4f") -> str:
+        return format(v, fmt) if isinstance(v, (int, float)) and v == v else "n/a"
+
+    lines = [f"{'run (seeds ' + ', '.join(map(str, comp['seeds'])) + ')':<38}{'dev ' + metric:>12}"
+             f"{'test ' + metric + ' (mean ± 95 %)':>28}"]
+    for arm, label in (("baseline", "undistilled baseline"), ("armada", "ARMADA (best trial's config)")):
+        a = comp["arms"][arm]
+        lines.append(f"{label:<38}{num(a['dev_mean']):>12}{num(a['test_mean']) + ' ± ' + num(a['test_ci95']):>28}")
+    p = comp["paired"]
+    lines.append(f"paired difference ARMADA − baseline on test: {num(p['gain_points'], '+.1f')} points "
+                 f"[95 % {num(p['gain_ci95_low'], '+.1f')}, {num(p['gain_ci95_high'], '+.1f')}], "
+                 f"p = {num(p['p_value'], '.3f')} over {p['pairs']} seed(s)")
+    return lines
+
+
+def sweep_markdown(cfg: ArmadaConfig, trials: list[dict[str, Any]], best: dict[str, Any],
+                   baseline: dict[str, Any] | None, comparison: dict[str, Any] | None,
+                   probe: dict[str, Any] | None, metric: str) -> str:
+    """The sweep parent's MLflow description: every trial and the baseline with their metrics, the teacher's
+    ceiling, and the seeded comparison (issue 16: the comparison a user came for, at a glance)."""
+    def num(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, (int, float)) and v == v else "—"
+
+    t = cfg.teacher
+    lines = [f"**Sweep {cfg.run_name}** — task `{cfg.task.name}`, student `{cfg.student.model}`, teacher "
+             f"`{t.kind}:{t.model}`" + (" (**stand-in** teacher)" if t.stand_in else "") +
+             f". Trials are selected on dev {metric}.", ""]
+    if probe:
+        lines += [f"Teacher ceiling: a linear probe on the cached teacher vectors scores dev {metric} "
+                  f"{num(probe.get('probe_dev_metric'))} (majority-class floor {num(probe.get('floor_dev_metric'))}).",
+                  ""]
+    params = list(cfg.tune.search_space)
+    lines += ["| run | " + " | ".join(params) + f" | best dev {metric} | aligner dev |",
+              "|---" * (len(params) + 3) + "|"]
+    for tr in sorted(trials, key=lambda x: -(x.get("best_dev_metric") or -1e9)):
+        name = tr["run_name"].split("/")[-1] + (" **(best)**" if tr is best else "")
+        values = [str(tr["params"].get(p, "—")) if not isinstance(tr["params"].get(p), float)
+                  else f"{tr['params'][p]:.3g}" for p in params]
+        lines.append(f"| {name} | " + " | ".join(values) + f" | {num(tr.get('best_dev_metric'))} | "
+                     f"{num(tr.get('aligner_dev_metric'))} |")
+    if baseline:
+        lines.append("| undistilled baseline | " + " | ".join("—" for _ in params) +
+                     f" | {num(baseline.get('best_dev_metric'))} | — |")
+    if comparison:
+        lines += ["", "**Seeded comparison** (test, at each run's best dev epoch):", "", "```",
+                  *comparison_lines(comparison, metric), "```"]
+    return "\n".join(lines)
+
+
+def _log_sweep_overview(parent: Any, cfg: ArmadaConfig, trials: list[dict[str, Any]], best: dict[str, Any],
+                        baseline: dict[str, Any] | None, comparison: dict[str, Any] | None, metric: str) -> None:
+    """The parent run's description and one chart of every child's per-epoch dev metric."""
+    from armada_ray import plots
+    from armada_ray.probe import try_probe
+
+    probe = try_probe(cfg)[0] if cfg.loss.mode == "armada" else None
+    parent.set_description(sweep_markdown(cfg, trials, best, baseline, comparison, probe, metric))
+    curves = {t["run_name"].split("/")[-1]: [v for v in t.get("dev_curve", []) if v is not None] for t in trials}
+    if baseline and baseline.get("dev_curve"):
+        curves["baseline"] = baseline["dev_curve"]
+    try:
+        parent.log_figure(plots.plot_dev_curves(curves, f"dev {metric}"), "plots/sweep_dev_curves.png")
+    except Exception as exc:  # noqa: BLE001 - a plot never fails a sweep
+        print(f"[armada] warning: could not plot the sweep's dev curves ({exc})", flush=True)
+
+
 def resolve_sweep_name(cfg: ArmadaConfig) -> ArmadaConfig:
     """The sweep's name: given, the latest sweep of the experiment when resuming, or a new timestamped one."""
     if cfg.run_name:
@@ -227,13 +366,13 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
     from armada_ray import plots
     from armada_ray.preflight import preflight_if_submitted
     from armada_ray.ray_utils import ensure_ray
-    from armada_ray.tasks import get_task
+    from armada_ray.tasks import task_spec
     from armada_ray.tracking import RunTracker, standard_tags
     from armada_ray.train.trainer import _worker_env, check_plan, teacher_fingerprint_id
 
     preflight_if_submitted(cfg, "tune")  # a `ray job submit` entrypoint checks its plan before any work
     cfg = resolve_sweep_name(cfg)
-    spec = get_task(cfg.task.name)
+    spec = task_spec(cfg.task)
     check_sweep(cfg, [spec.metric, *getattr(spec, "extra_metrics", [])])
     check_plan(cfg)
     t0 = time.perf_counter()
@@ -273,8 +412,38 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
         parent.log_figure(fig, "plots/sweep_parallel_coordinates.png")
     except Exception as exc:  # noqa: BLE001
         print(f"[armada] warning: could not plot the sweep ({exc})")
-    baseline = run_baseline(cfg, parent.run_id if cfg.tracking.enabled else None) if cfg.tune.include_baseline \
-        else None
+    parent_id = parent.run_id if cfg.tracking.enabled else None
+    baseline, baseline_params, comparison = None, {}, None
+    if cfg.tune.include_baseline and shared_search_space(cfg):
+        bbest = run_baseline_sweep(cfg, parent_id)
+        baseline_params = bbest["params"]
+        baseline = {"best_dev_metric": bbest["best_dev_metric"], "best_checkpoint": bbest["best_checkpoint"]}
+    if cfg.tune.include_baseline and cfg.tune.seeds:
+        comparison = run_comparison(cfg, best, baseline_params, parent_id)
+        seeded = [r for r in comparison["arms"]["baseline"]["runs"] if r.get("seed") == cfg.train.seed
+                  and "error" not in r] or [r for r in comparison["arms"]["baseline"]["runs"] if "error" not in r]
+        if baseline is None and seeded:
+            baseline = {"best_dev_metric": seeded[0]["dev"], "best_checkpoint": seeded[0]["checkpoint"]}
+        metric = spec.metric
+        for line in comparison_lines(comparison, metric):
+            print(f"[armada] {line}", flush=True)
+        p = comparison["paired"]
+        parent.log_metrics({k: float(v) for k, v in (
+            ("comparison_armada_test_mean", comparison["arms"]["armada"]["test_mean"]),
+            ("comparison_baseline_test_mean", comparison["arms"]["baseline"]["test_mean"]),
+            ("comparison_gain_points", p["gain_points"]), ("comparison_gain_ci95_low", p["gain_ci95_low"]))
+            if isinstance(v, (int, float)) and v == v}, step=0)
+        (sweep_dir / "comparison.json").write_text(json.dumps(comparison, indent=2, default=str))
+        parent.log_artifact(str(sweep_dir / "comparison.json"))
+    elif cfg.tune.include_baseline and baseline is None:
+        baseline = run_baseline(cfg, parent_id)
+    if baseline is not None and "dev_curve" not in baseline:
+        history = baseline.get("history") or []
+        if not history and baseline.get("best_checkpoint"):
+            state = Path(baseline["best_checkpoint"]) / "state.json"
+            history = json.loads(state.read_text()).get("history", []) if state.exists() else []
+        baseline["dev_curve"] = [h.get("dev_metric") for h in history if h.get("dev_metric") is not None]
+    _log_sweep_overview(parent, cfg, trials, best, baseline, comparison, spec.metric)
     _close_child_runs(cfg, trials)
     (sweep_dir / "best_trial.json").write_text(json.dumps(best, indent=2, default=str))
     parent.log_artifact(str(sweep_dir / "best_trial.json"))
@@ -301,6 +470,8 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
         "registered_model_version": version,
         "baseline_dev_metric": baseline["best_dev_metric"] if baseline else None,
         "baseline_checkpoint": baseline["best_checkpoint"] if baseline else None,
+        "baseline_params": baseline_params,
+        "comparison": comparison,
         "mlflow_parent_run_id": parent.run_id,
         "mlflow_url": parent.url,
         "wall_s": round(time.perf_counter() - t0, 1),

@@ -94,6 +94,10 @@ def test_minilm_zero3_full_finetune_two_workers_and_merged_export_roundtrip(work
     assert ev["metric_value"] == pytest.approx(s["best_dev_metric"], abs=1e-9)
     preds = [json.loads(line) for line in Path(ev["predictions"]).read_text().splitlines()]
     assert len(preds) == ev["rows"] and {"uid", "prediction", "reference"} <= set(preds[0])
+    # a reader sees label names on both sides, a program the ids (issue 16)
+    labels = ["negative", "positive"]
+    assert all(p["prediction"] == labels[p["prediction_id"]] and p["reference"] == labels[p["reference_id"]]
+               for p in preds)
 
 
 @pytest.mark.slow

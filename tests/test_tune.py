@@ -13,7 +13,7 @@ JOBS = Path(__file__).resolve().parents[1] / "jobs"
 SMALL = ["task.name=pang_lee_polarity", "task.max_train=24", "task.max_dev=16", "task.max_test=16",
          "student.model=tiny-llama", "student.lora.layers_to_transform=null", "student.max_length=32",
          "aligner.hidden=32", "aligner.proj_dim=16", "train.epochs=2", "train.report_every=2",
-         "scaling.cpus_per_worker=0.9", "tune.num_samples=4", "tune.max_concurrent_trials=2"]
+         "scaling.cpus_per_worker=0.9", "tune.num_samples=2", "tune.max_concurrent_trials=2"]
 
 
 def test_search_space_becomes_tune_domains_and_trials_are_overrides():
@@ -28,6 +28,22 @@ def test_search_space_becomes_tune_domains_and_trials_are_overrides():
     trial = trial_config(cfg.model_dump(mode="json"), {"loss.alpha": 0.25, "loss.manifold": "euclid"}, "s/trial-1")
     assert trial.loss.alpha == 0.25 and trial.loss.manifold == "euclid" and trial.run_name == "s/trial-1"
     assert trial.student == cfg.student
+
+
+def test_baseline_shares_the_non_armada_part_of_the_search_space():
+    from armada_ray.tune import comparison_lines, shared_search_space
+
+    cfg = load_config(JOBS / "demo.yaml")
+    assert shared_search_space(cfg) == {}  # the demo searches loss.* only: one baseline config
+    cfg = load_config(JOBS / "demo.yaml", ["tune.search_space={train.lr: {type: choice, values: [0.001, 0.0001]}, "
+                                            "loss.beta: {type: choice, values: [1.0]}, "
+                                            "aligner.weight_decay: {type: choice, values: [0.0]}}"])
+    assert set(shared_search_space(cfg)) == {"train.lr"}
+    comp = {"seeds": [1, 2], "arms": {"armada": {"dev_mean": 0.8, "test_mean": 0.9, "test_ci95": 0.05},
+                                      "baseline": {"dev_mean": 0.7, "test_mean": 0.8, "test_ci95": float("nan")}},
+            "paired": {"gain_points": 10.0, "gain_ci95_low": 2.0, "gain_ci95_high": 18.0, "p_value": 0.04, "pairs": 2}}
+    text = "\n".join(comparison_lines(comp, "accuracy"))
+    assert "0.9000 ± 0.0500" in text and "0.8000 ± n/a" in text and "+10.0 points [95 % +2.0, +18.0]" in text
 
 
 @pytest.mark.parametrize(
@@ -60,6 +76,7 @@ def test_tracking_server_down_at_start_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 2 trials + 3 seeded runs; 18 min on a 2-core machine busy with a study
 def test_sweep_reads_one_cache_and_lands_in_mlflow_as_parent_with_children(tmp_path, ray_local):
     from mlflow import MlflowClient
 
@@ -82,15 +99,24 @@ def test_sweep_reads_one_cache_and_lands_in_mlflow_as_parent_with_children(tmp_p
         assert server.stats()["rows"] == calls_after_embed
     finally:
         server.stop()
-    assert result["trials"] == 4 and result["best_dev_metric"] is not None
+    assert result["trials"] == 2 and result["best_dev_metric"] is not None
+    # the seeded comparison (jobs/demo.yaml tune.seeds=[42, 43]): both arms on every seed, scored on test
+    comp = result["comparison"]
+    assert comp["seeds"] == [42, 43]
+    for arm in ("armada", "baseline"):
+        runs = comp["arms"][arm]["runs"]
+        assert [r["seed"] for r in runs] == [42, 43] and all(0.0 <= r["test"] <= 1.0 for r in runs), runs
+    assert comp["arms"]["armada"]["runs"][0]["run_name"] == result["best_trial"]  # the sweep's trial stands for 42
+    assert comp["paired"]["pairs"] == 2
     assert Path(result["export_dir"], "armada_student.json").exists()
 
     client = MlflowClient(cfg.tracking_uri)
     parent = client.get_run(result["mlflow_parent_run_id"])
     exp_id = parent.info.experiment_id
     children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(children) == 5  # 4 trials + the undistilled baseline
+    assert len(children) == 5  # 2 trials + the best config at seed 43 + the baseline at seeds 42 and 43
     assert len({c.info.run_name for c in children}) == 5  # no duplicate runs
+    assert "comparison_gain_points" in parent.data.metrics
     trial = next(c for c in children if "trial-" in c.info.run_name)
     assert trial.data.tags["armada.teacher_stand_in"] == "true" and "dev_metric" in trial.data.metrics
     assert "loss.alpha" in trial.data.params

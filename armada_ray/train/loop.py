@@ -112,9 +112,12 @@ class ArmadaWorker:
         # load DeepSpeed's JIT ops ourselves first: a build killed earlier cannot block this one (train/ops.py)
         ops.prepare_ops(on_gpu=self.device.type == "cuda", offload=cfg.train.offload, log=session.log)
         params = [p for p in student.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         ds_config = build_ds_config(cfg.train, cfg.scaling, on_gpu=self.device.type == "cuda")
-        self.engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, config=ds_config)
+        if "optimizer" in ds_config:  # offload: DeepSpeed builds its CPU Adam from the config (issue 15)
+            self.engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=params, config=ds_config)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+            self.engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, config=ds_config)
         self.dtype = next(p for p in self.engine.module.parameters()).dtype
 
         self.aligner: torch.nn.Module | None = None
@@ -606,9 +609,10 @@ class ArmadaWorker:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config`` = {"cfg": resolved config dict, "parent_run_id", "fingerprint_id"}."""
+    """Ray Train entry point. ``config`` = {"cfg": resolved config dict, "parent_run_id", "fingerprint_id",
+    "eval_test"}."""
     cfg = ArmadaConfig.model_validate(config["cfg"])  # validate at the top; read no module globals
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
     session = Session.from_ray(teacher_fingerprint_id=config.get("fingerprint_id"))
     session.log(session.placement())  # which node each rank runs on, visible in the job's logs
-    ArmadaWorker(cfg, session, parent_run_id=config.get("parent_run_id")).run()
+    ArmadaWorker(cfg, session, parent_run_id=config.get("parent_run_id"), eval_test=bool(config.get("eval_test"))).run()

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from armada_ray import environ
+from armada_ray import console, environ
 from armada_ray.config import ArmadaConfig, ConfigError, save_config
 from armada_ray.train import ops
 from armada_ray.train.ds_config import check_ds_settings
@@ -39,6 +39,11 @@ def _worker_env(cfg: ArmadaConfig) -> dict[str, str]:
     env = {k: now[k] for k in _PASS_ENV if k in now}
     env["DS_ACCELERATOR"] = "cuda" if cfg.scaling.use_gpu else "cpu"
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ops.DEFAULT_EXTENSIONS_DIR))
+    # Ray Train V2 patches print() in its workers to log through the root logger *and* (when Ray has wrapped
+    # sys.stdout) print as well, so every "[armada rank N]" line reached the console twice (issue 16)
+    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    for k, v in console.worker_env().items():  # library warnings off the console unless --verbose
+        env.setdefault(k, v)
     return env
 
 
@@ -185,8 +190,11 @@ def teacher_fingerprint_id(cfg: ArmadaConfig) -> str | None:
 
 
 def build_trainer(cfg: ArmadaConfig, *, parent_run_id: str | None = None, callbacks: list[Any] | None = None,
-                  name: str = "train") -> Any:
-    """The ``TorchTrainer`` of one training run (also built per trial by the Tune driver)."""
+                  name: str = "train", eval_test: bool = False) -> Any:
+    """The ``TorchTrainer`` of one training run (also built per trial by the Tune driver).
+
+    ``eval_test``: also score the test split at every new best dev epoch (``test_at_best_dev`` in the summary).
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -211,7 +219,7 @@ def build_trainer(cfg: ArmadaConfig, *, parent_run_id: str | None = None, callba
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "parent_run_id": parent_run_id,
-                           "fingerprint_id": teacher_fingerprint_id(cfg)},
+                           "fingerprint_id": teacher_fingerprint_id(cfg), "eval_test": eval_test},
         scaling_config=scaling,
         run_config=run_config,
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
@@ -242,6 +250,7 @@ def summarize_result(cfg: ArmadaConfig, result: Any, wall_s: float) -> dict[str,
         "best_checkpoint": best_path,
         "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
         "best_dev_metric": best[1].get("dev_metric") if best else None,
+        "test_at_best_dev": final_state.get("test_at_best_dev"),
         "metric": None,
         "epochs": final_state.get("epoch"),
         "history": final_state.get("history", []),
