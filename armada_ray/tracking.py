@@ -548,6 +548,10 @@ class RunTracker:
         payload = {"metrics": {k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}, "step": step_i}
         self._guarded("metrics", payload, send)
 
+    def set_description(self, markdown: str) -> None:
+        """The run's description in the MLflow UI (the ``mlflow.note.content`` tag, rendered as markdown)."""
+        self.set_tags({"mlflow.note.content": markdown})
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         values = {clean_key(k): _tag_value(v) for k, v in tags.items() if v is not None}
 
@@ -797,6 +801,11 @@ class RunTracker:
         return out
 
 
+# MLflow 3 opens an experiment without a kind on its GenAI overview; ours hold training runs
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+
+
 def _ensure_experiment(client: MlflowClient, name: str, root: Path | None) -> str:
     """The id of experiment ``name``, created (with an explicit artifact location for local stores)."""
     from mlflow.exceptions import MlflowException
@@ -805,6 +814,8 @@ def _ensure_experiment(client: MlflowClient, name: str, root: Path | None) -> st
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        if EXPERIMENT_KIND_TAG not in found.tags:  # made before armada set it
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return found.experiment_id
     location = None
     if root is not None:
@@ -812,7 +823,7 @@ def _ensure_experiment(client: MlflowClient, name: str, root: Path | None) -> st
         folder.mkdir(parents=True, exist_ok=True)
         location = folder.as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
     except MlflowException as exc:  # another trial created it first
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise

@@ -21,7 +21,8 @@ import pytest
 
 from armada_ray.config import load_config
 from armada_ray.plots import plot_dev_curves
-from armada_ray.tracking import RunTracker, port_in_use, standard_tags, start_sweep_parent
+from armada_ray.tracking import EXPERIMENT_KIND_TAG, RunTracker, port_in_use, standard_tags, start_sweep_parent
+from armada_ray.tune import sweep_markdown
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -29,6 +30,7 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--no-first-run",
 ]
 TRIALS = ("trial-alpha-0.3", "trial-alpha-0.7")
+BASELINE = "baseline"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -86,15 +88,27 @@ def test_armada_ui_shows_the_sweep_with_its_trials(chromium: Path, tmp_path: Pat
     work = tmp_path / "work"
     overrides = [f"paths.work_dir={work}", "name=ui-demo", "teacher.kind=http", "teacher.stand_in=true"]
     cfg = load_config(None, overrides)
+    cfg = cfg.model_copy(update={"run_name": "demo-sweep"})
     parent = start_sweep_parent(cfg, "demo-sweep")
-    child_ids = []
-    for i, name in enumerate(TRIALS):
+    child_ids, trials = [], []
+    for i, name in enumerate([*TRIALS, BASELINE]):
         trial = RunTracker.start(cfg, name, "trial", parent_run_id=parent.run_id, tags=standard_tags(cfg, "fp-ui"))
-        for epoch in range(3):
-            trial.log_metrics({"dev_metric": 0.4 + 0.1 * epoch + 0.05 * i}, step=epoch)
-        trial.log_figure(plot_dev_curves({name: [0.4, 0.5, 0.6]}), "plots/dev_curves.png")
+        curve = [0.4 + 0.1 * epoch + 0.05 * i for epoch in range(3)]
+        for epoch, value in enumerate(curve):
+            trial.log_metrics({"dev_metric": value}, step=epoch)
+        trial.log_figure(plot_dev_curves({name: curve}), "plots/dev_curves.png")
         trial.end()
         child_ids.append(trial.run_id)
+        trials.append({"run_name": f"demo-sweep/{name}", "params": {"loss.alpha": 0.3 + 0.4 * i},
+                       "best_dev_metric": curve[-1], "aligner_dev_metric": 0.9, "dev_curve": curve})
+    baseline = trials.pop()
+    comparison = {"seeds": [42, 43], "arms": {
+        "armada": {"dev_mean": 0.65, "test_mean": 0.82, "test_ci95": 0.04},
+        "baseline": {"dev_mean": 0.6, "test_mean": 0.78, "test_ci95": 0.05}},
+        "paired": {"gain_points": 4.0, "gain_ci95_low": -1.0, "gain_ci95_high": 9.0, "p_value": 0.2, "pairs": 2}}
+    # the description run_tune writes, from the same function
+    parent.set_description(sweep_markdown(cfg, trials, trials[1], baseline, comparison,
+                                          {"probe_dev_metric": 0.906, "floor_dev_metric": 0.234}, "accuracy"))
     parent.end()
 
     port = free_port()
@@ -121,9 +135,18 @@ def test_armada_ui_shows_the_sweep_with_its_trials(chromium: Path, tmp_path: Pat
                 parent_cell.wait_for(timeout=60_000)
                 assert page.get_by_text(TRIALS[0], exact=True).count() == 0  # folded under the parent
                 parent_cell.locator("button").first.click()  # the parent's "+" expander
-                for name in TRIALS:
+                for name in (*TRIALS, BASELINE):  # the baseline and every trial under the parent
                     page.get_by_text(name, exact=True).wait_for(timeout=30_000)
                 page.screenshot(path=str(output_dir / "sweep_runs.png"))
+
+                # the parent's description holds the whole comparison as a table
+                page.goto(f"{url}/#/experiments/{parent.experiment_id}/runs/{parent.run_id}")
+                page.get_by_text("Teacher ceiling", exact=False).first.wait_for(timeout=60_000)
+                table = page.locator("table").filter(has_text="undistilled baseline")
+                table.first.wait_for(timeout=30_000)
+                assert table.first.locator("tr").count() == 4  # header + 2 trials + the baseline
+                page.get_by_text("paired difference", exact=False).first.wait_for(timeout=30_000)
+                page.screenshot(path=str(output_dir / "sweep_description.png"), full_page=True)
 
                 # a trial's figure is served from the explicit <work_dir>/mlartifacts location
                 page.goto(f"{url}/#/experiments/{parent.experiment_id}/runs/{child_ids[0]}/artifacts")
@@ -143,6 +166,11 @@ def test_armada_ui_shows_the_sweep_with_its_trials(chromium: Path, tmp_path: Pat
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
+    from mlflow import MlflowClient
+
+    # the experiment opens on its training runs, not MLflow 3's GenAI overview
+    assert MlflowClient(cfg.tracking_uri).get_experiment(parent.experiment_id).tags[EXPERIMENT_KIND_TAG] == \
+        "custom_model_development"
     output = log.read_text(errors="replace")
     assert code == 0, output[-3000:]
     assert "stopping the MLflow UI" in output
