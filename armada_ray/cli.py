@@ -109,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", "-c", help="YAML config (e.g. jobs/demo.yaml); defaults when omitted")
         sp.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
         sp.add_argument("--preflight", action="store_true", help="only check the plan and print it")
+        sp.add_argument("--verbose", "-v", action="store_true",
+                        help="also show Ray's internals and library warnings (kept in Ray's logs otherwise)")
         if name == "ui":
             sp.add_argument("--port", type=int, default=5000, help="UI port on 127.0.0.1")
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=1")
@@ -150,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     stray = [o for o in args.overrides if o.startswith("-")]
     if stray:
         print(f"armada {args.command}: unknown option {stray[0]!r}; accepted: --config FILE, --json, "
-              f"--preflight, key=value overrides", file=sys.stderr)
+              f"--preflight, --verbose, key=value overrides", file=sys.stderr)
         return 2
+    from armada_ray import console
+
+    console.set_verbose(args.verbose or console.verbose())
+    console.quiet_driver()
     try:
         cfg: ArmadaConfig = load_config(args.config, args.overrides)
         if args.command in ("embed", "train", "tune", "eval", "demo", "probe", "report"):

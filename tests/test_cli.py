@@ -52,3 +52,21 @@ def test_tasks_lists_the_registry_as_json():
     assert out.returncode == 0
     names = json.loads(out.stdout.strip().splitlines()[-1])["tasks"]
     assert {"bbc_topics", "tweet_sentiment", "rg_gsm_symbolic", "cola", "boolq", "gsm8k", "dolly"} <= set(names)
+
+
+def test_library_chatter_stays_off_the_console_unless_verbose(monkeypatch):
+    """Issue 16: Ray's internals and library warnings are kept off the console by default (`--verbose` shows them);
+    Ray workers get the same choice through their environment."""
+    from armada_ray import console
+    from armada_ray.config import load_config
+    from armada_ray.train.trainer import _worker_env
+
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    env = _worker_env(load_config(None, []))
+    assert env["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"  # Ray Train's print patch printed every worker line twice
+    assert "ignore::FutureWarning" in env["PYTHONWARNINGS"] and env["TRANSFORMERS_VERBOSITY"] == "error"
+    monkeypatch.setenv(console.VERBOSE_ENV, "1")
+    env = _worker_env(load_config(None, []))
+    assert "PYTHONWARNINGS" not in env and env[console.VERBOSE_ENV] == "1" and console.tune_verbosity() == 1
+    out = armada("tasks", "--verbose")
+    assert out.returncode == 0 and "files" in out.stdout
