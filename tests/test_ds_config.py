@@ -61,3 +61,40 @@ def test_memory_estimate_zero3_shards_everything_and_lora_shrinks_optimizer():
     lora = memory.estimate(shape, lora_params=memory.lora_param_count(shape, 8, 2, None), zero_stage=3,
                            workers=1, **common)
     assert lora.fits and lora.optimizer_gib < 0.1
+
+
+@pytest.mark.timeout(900)
+def test_offload_engine_starts_and_steps_with_deepspeeds_cpu_adam(monkeypatch):
+    """Issue 15: train.offload=true crashed at engine start (a torch AdamW under zero_force_ds_cpu_optimizer).
+
+    The GPU config (ZeRO-2, optimizer offloaded to CPU, DeepSpeed's CPU Adam) runs here on the CPU accelerator
+    in fp32, the way the loop starts it: the parameters go to deepspeed.initialize, not a torch optimizer."""
+    import deepspeed
+    import torch
+
+    from armada_ray.train import ops
+    from armada_ray.train.session import init_local_process_group
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    ops.use_extensions_dir()
+    ops.prepare_ops(on_gpu=False, offload=True, log=print)  # cpu_adam, built by `make install`
+    init_local_process_group()
+    gpu_cfg = build_ds_config(TrainConfig(zero_stage=2, offload=True, batch_size=4, weight_decay=0.01),
+                              ScalingConfig(num_workers=1, use_gpu=True), on_gpu=True)
+    gpu_cfg["bf16"] = {"enabled": False}  # fp32: the CPU accelerator has no bf16 Adam kernel path to test here
+    gpu_cfg["zero_optimization"]["offload_optimizer"]["pin_memory"] = False
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
+                                                   config=gpu_cfg)
+    assert "CPUAdam" in type(engine.optimizer.optimizer).__name__ if hasattr(engine.optimizer, "optimizer") \
+        else "CPUAdam" in type(optimizer).__name__
+    x, y = torch.randn(4, 8), torch.tensor([0, 1, 0, 1])
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(engine(x), y)
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    engine.destroy()

@@ -78,6 +78,8 @@ def build_ds_config(train: TrainConfig, scaling: ScalingConfig, *, on_gpu: bool)
         "wall_clock_breakdown": False,
     }
     if train.offload:
-        config["optimizer"] = {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": 0.0}}
+        # the loop then hands DeepSpeed the parameters, not a torch optimizer: with zero_force_ds_cpu_optimizer a
+        # torch AdamW was refused at engine start (ZeRORuntimeException), so offload never ran (issue 15)
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": train.weight_decay}}
         config["zero_force_ds_cpu_optimizer"] = True
     return config
