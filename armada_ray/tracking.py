@@ -139,14 +139,18 @@ def artifact_root(cfg: ArmadaConfig) -> Path | None:
     return db.resolve().parent / "mlartifacts" if db is not None else None
 
 
+# MLflow 3's UI opens in its GenAI view unless the URL (or the browser's last choice) asks for model training
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
 def ui_url(uri: str, experiment_id: str | None = None, run_id: str | None = None, port: int = UI_PORT) -> str:
     """The MLflow UI address for a store: the server itself, or ``armada ui`` on 127.0.0.1 for a local one."""
     base = redact_url_credentials(uri.rstrip("/")) if is_http_uri(uri) else f"http://{UI_HOST}:{port}"
     if experiment_id is None:
         return base
     if run_id is None:
-        return f"{base}/#/experiments/{experiment_id}/runs"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{base}/#/experiments/{experiment_id}/runs{TRAINING_VIEW}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
 
 
 def _one_line(exc: BaseException, limit: int = 240) -> str:
@@ -1078,7 +1082,7 @@ def run_ui(cfg: ArmadaConfig, port: int = UI_PORT) -> dict[str, Any]:
         try:
             found = _client(uri).get_experiment_by_name(cfg.experiment)
             if found is not None:
-                experiment_url = f"{server.url}/#/experiments/{found.experiment_id}/runs"
+                experiment_url = f"{server.url}/#/experiments/{found.experiment_id}/runs{TRAINING_VIEW}"
         except Exception:  # noqa: BLE001 - only used to print a deeper link
             pass
         print(f"MLflow UI: {server.url}", flush=True)

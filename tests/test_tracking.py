@@ -86,7 +86,8 @@ def write_manifest(folder: Path) -> Path:
 def test_sweep_parent_with_two_children_reads_back(work_dir: Path, tmp_path: Path) -> None:
     cfg = make_cfg(work_dir, "sweep-roundtrip", "teacher.kind=http", "teacher.stand_in=true", "task.name=bbc_topics")
     parent = start_sweep_parent(cfg, "sweep-1")
-    assert parent.url == f"http://127.0.0.1:5000/#/experiments/{parent.experiment_id}/runs/{parent.run_id}"
+    assert parent.url == (f"http://127.0.0.1:5000/#/experiments/{parent.experiment_id}/runs/{parent.run_id}"
+                          "?workflowType=machine_learning")  # MLflow 3 opens on its GenAI view otherwise
     manifest = write_manifest(tmp_path / "cache")
     children = []
     for i in range(2):
@@ -286,7 +287,8 @@ def test_server_going_down_mid_run_falls_back_to_jsonl(tmp_path: Path, monkeypat
     try:
         cfg = make_cfg(tmp_path / "work", "outage", f"tracking.uri={server.url}")
         tracker = RunTracker.start(cfg, "train", "train", local_dir=tmp_path / "run")
-        assert tracker.url == f"{server.url}/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"
+        assert tracker.url == (f"{server.url}/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"
+                               "?workflowType=machine_learning")
         tracker.log_params({"loss.alpha": 0.5})
         tracker.log_metrics({"dev_metric": 0.1}, step=0)
     finally:

@@ -21,7 +21,8 @@ import pytest
 
 from armada_ray.config import load_config
 from armada_ray.plots import plot_dev_curves
-from armada_ray.tracking import EXPERIMENT_KIND_TAG, RunTracker, port_in_use, standard_tags, start_sweep_parent
+from armada_ray.tracking import (EXPERIMENT_KIND_TAG, TRAINING_VIEW, RunTracker, port_in_use, standard_tags,
+                                 start_sweep_parent)
 from armada_ray.tune import sweep_markdown
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -121,7 +122,7 @@ def test_armada_ui_shows_the_sweep_with_its_trials(chromium: Path, tmp_path: Pat
     try:
         url = _wait_for_line(log, "MLflow UI:", proc, timeout_s=180)
         assert url == f"http://127.0.0.1:{port}"
-        runs_url = f"{url}/#/experiments/{parent.experiment_id}/runs"
+        runs_url = f"{url}/#/experiments/{parent.experiment_id}/runs{TRAINING_VIEW}"
         assert f"experiment ui-demo: {runs_url}" in log.read_text()
 
         with sync_playwright() as pw:
@@ -140,8 +141,12 @@ def test_armada_ui_shows_the_sweep_with_its_trials(chromium: Path, tmp_path: Pat
                 page.screenshot(path=str(output_dir / "sweep_runs.png"))
 
                 # the parent's description holds the whole comparison as a table
-                page.goto(f"{url}/#/experiments/{parent.experiment_id}/runs/{parent.run_id}")
+                page.goto(parent.url.replace("http://127.0.0.1:5000", url))
                 page.get_by_text("Teacher ceiling", exact=False).first.wait_for(timeout=60_000)
+                assert page.get_by_text("Evaluations", exact=True).count() == 0  # the training view, not GenAI's
+                more = page.get_by_text("Show more", exact=True)
+                if more.count():
+                    more.first.click()
                 table = page.locator("table").filter(has_text="undistilled baseline")
                 table.first.wait_for(timeout=30_000)
                 assert table.first.locator("tr").count() == 4  # header + 2 trials + the baseline
