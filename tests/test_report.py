@@ -33,6 +33,8 @@ def test_intervals_and_paired_differences():
     assert d["gain_points"] == pytest.approx(5.0) and d["pairs"] == 3 and 0 < d["p_value"] < 1
     assert d["gain_ci95_low"] < 5.0 < d["gain_ci95_high"]
     assert math.isnan(mean_ci95([0.7])[1])
+    same = paired([0.75, 0.75], [0.74, 0.74])  # every seed the same difference: no t-test (was reported as p = 0)
+    assert same["gain_points"] == pytest.approx(1.0) and math.isnan(same["p_value"])
 
 
 def test_an_unknown_variant_is_refused_naming_it():
