@@ -239,6 +239,19 @@ def test_bad_rows_are_skipped_and_reported(tmp_path, caplog):
     assert rows[1]["row"] == 4 and rows[1]["field"] == "sentence2" and rows[1]["reason"]
 
 
+def test_repeated_rows_in_local_files_are_kept_once_and_named(tmp_path):
+    """Issue 13: duplicates in a task.data_dir file were kept and not reported (the packaged BBC task did)."""
+    head = "index\tsentence1\tsentence2\tlabel"
+    write(tmp_path / "train.tsv", [head, "0\tA.\tB.\tentailment", "1\tC.\tD.\tnot_entailment",
+                                   "2\tA.\tB.\tentailment", "3\tE.\tF.\tentailment"])  # line 4 repeats line 2
+    write(tmp_path / "dev.tsv", [head, "0\tC.\tD.\tnot_entailment", "1\tZ.\tW.\tentailment"])
+    data = load("rte", tmp_path)
+    dups = [(Path(s["file"]).name, s["row"]) for s in data.skipped if "duplicate" in s["reason"]]
+    assert dups == [("train.tsv", 4)]  # across splits nothing is dropped: dev (here test) stays whole
+    train = [(ex.fields["sentence1"], ex.fields["sentence2"]) for ex in data.train + data.dev]
+    assert len(train) == len(set(train)) == 3 and len(data.test) == 2
+
+
 def test_a_split_with_no_usable_row_is_a_config_error(tmp_path):
     head = "index\tsentence1\tsentence2\tlabel"
     write(tmp_path / "train.tsv", [head, "0\tA.\tB.\tentailment", "1\tC.\tD.\tnot_entailment"])
@@ -316,7 +329,8 @@ def test_superglue_jsonl_boolq_cb_copa(tmp_path):
     assert [(s["row"], s["field"]) for s in data.skipped] == [(10, "label")]
 
     copa = tmp_path / "copa"
-    write_jsonl(copa / "train.jsonl", [{"premise": "The man fell.", "choice1": "He slipped.", "choice2": "He sang.",
+    write_jsonl(copa / "train.jsonl", [{"premise": f"The man fell {i}.", "choice1": "He slipped.",
+                                        "choice2": "He sang.",
                                         "question": "cause", "label": i % 2, "idx": i} for i in range(6)])
     write(copa / "val.jsonl", ['{"premise": "A", "choice1": "B", "choice2": "C", "question": "effect", "label": 1}',
                                "{not json"])

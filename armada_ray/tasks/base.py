@@ -200,6 +200,28 @@ def dedupe(examples: list[Example], spec: TaskSpec, origin: str, skipped: list[d
     return out
 
 
+def dedupe_splits(spec: TaskSpec, splits: dict[str, list[Example] | None], where: dict[str, tuple[str, int]],
+                  skipped: list[dict[str, Any]]) -> dict[str, list[Example] | None]:
+    """A text repeated within the train split is skipped after its first row, each repeat recorded with its file
+    and row (``where``: uid -> (file, row)); a dev split carved from train then holds no copy of a train row.
+    Dev and test files stay whole, so a benchmark's evaluation set keeps its official size."""
+    out = dict(splits)
+    if not splits.get("train"):
+        return out
+    first: dict[str, str] = {}
+    kept = []
+    for ex in splits["train"]:
+        key = example_prompt(spec, ex)
+        if key in first:
+            file, row = where.get(ex.uid, ("?", -1))
+            skipped.append(skip_record(file, row, spec.text_fields[0], f"duplicate text (same as {first[key]})"))
+            continue
+        first[key] = ex.uid
+        kept.append(ex)
+    out["train"] = kept
+    return out
+
+
 # ------------------------------------------------------------------------------------------ splits
 
 

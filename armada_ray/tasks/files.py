@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from armada_ray.config import FILE_TASK_METRICS, SPLIT_NAMES, ConfigError
-from armada_ray.tasks.base import Example, TaskData, TaskSpec, check_usable, example_prompt, fill_missing_splits, \
+from armada_ray.tasks.base import Example, TaskData, TaskSpec, check_usable, dedupe_splits, fill_missing_splits, \
     finalize, skip_record
 from armada_ray.tasks.sources import Columns, FileSource, Row, convert_rows, read_rows
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 NAME = "files"
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
-_ROW = "__armada_row__"
 _EXTRA = {"classification": ["macro_f1"], "regression": ["spearman"], "generative": []}
 
 
@@ -185,7 +184,7 @@ def load_files_task(_spec: TaskSpec, cfg: "TaskConfig") -> TaskData:
     """The loader of ``task.name=files`` (registered under that name; builds its spec from ``cfg``)."""
     label_col = cfg.answer_field if cfg.kind == "generative" else cfg.label_field
     text_cols = list(cfg.text_fields or [])
-    columns = Columns(fields={f: (f,) for f in text_cols}, label=(label_col,), extra={_ROW: (_ROW,)},
+    columns = Columns(fields={f: (f,) for f in text_cols}, label=(label_col,),
                       ids=(cfg.id_field,) if cfg.id_field else ())
     names: list[str] | None = None
     if cfg.files is not None:
@@ -235,19 +234,19 @@ def load_files_task(_spec: TaskSpec, cfg: "TaskConfig") -> TaskData:
                                                            f"task.labels (0..{len(labels) - 1})"))
                                 continue
                             row = {**row, label_col: labels[value]}
-                    row = {**row, _ROW: str(no)}  # carried through convert_rows, for the duplicate records
                 ready.append((no, row))
-            got, problems = convert_rows(spec, source, columns, ready, origin, split)
+            found: dict[str, tuple[str, int]] = {}
+            got, problems = convert_rows(spec, source, columns, ready, origin, split, found)
             check_usable(spec, origin, len(rows), len(got) + n_unlabelled, problems)
             skipped.extend(problems)
-            for ex in got:
-                no = int(ex.fields.pop(_ROW))
+            for ex in got:  # uids name the file: several files make one split
+                place = found[ex.uid]
                 ex.uid = f"files:{split}:{Path(origin).name}:{ex.uid.split(':', 2)[2]}"
-                where[ex.uid] = (origin, no)
+                where[ex.uid] = place
             examples.extend(got)
         origins[split] = raw[split][0][0] if len(raw[split]) == 1 else f"{len(raw[split])} {split} files"
         splits[split] = examples
-    splits = _dedupe(spec, splits, where, skipped)
+    splits = dedupe_splits(spec, splits, where, skipped)
     for split, rows in splits.items():
         if rows is not None and not rows:
             raise ConfigError(f"task.name=files: the {split} split has no usable row ({origins[split]}); "
@@ -256,24 +255,3 @@ def load_files_task(_spec: TaskSpec, cfg: "TaskConfig") -> TaskData:
     if labels and cfg.kind == "classification" and not cfg.labels:
         notes.append(f"labels {labels} ({'from the dataset' if names else 'inferred from train, sorted'})")
     return finalize(spec, cfg, train, dev, test, skipped, notes, unlabelled=unlabelled)
-
-
-def _dedupe(spec: TaskSpec, splits: dict[str, list[Example] | None], where: dict[str, tuple[str, int]],
-            skipped: list[dict[str, Any]]) -> dict[str, list[Example] | None]:
-    """Repeated texts, within a split or across splits (a leak into dev/test), are skipped after the first."""
-    first: dict[str, str] = {}
-    out: dict[str, list[Example] | None] = {}
-    for split in SPLIT_NAMES:
-        if splits.get(split) is None:
-            continue
-        kept = []
-        for ex in splits[split]:
-            key = example_prompt(spec, ex)
-            if key in first:
-                file, row = where[ex.uid]
-                skipped.append(skip_record(file, row, spec.text_fields[0], f"duplicate text (same as {first[key]})"))
-                continue
-            first[key] = ex.uid
-            kept.append(ex)
-        out[split] = kept
-    return out

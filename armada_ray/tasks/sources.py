@@ -28,6 +28,7 @@ from armada_ray.tasks.base import (
     TaskData,
     TaskSpec,
     check_usable,
+    dedupe_splits,
     fill_missing_splits,
     finalize,
     skip_record,
@@ -176,8 +177,10 @@ def has_labels(rows: list[Row], columns: Columns) -> bool:
 
 
 def convert_rows(spec: TaskSpec, source: FileSource, columns: Columns, rows: list[Row], origin: str,
-                 split: str) -> tuple[list[Example], list[dict[str, Any]]]:
-    """Turn source rows into examples; unusable rows come back as skip records."""
+                 split: str, places: dict[str, tuple[str, int]] | None = None
+                 ) -> tuple[list[Example], list[dict[str, Any]]]:
+    """Turn source rows into examples; unusable rows come back as skip records. ``places`` (optional) gets
+    each example's (file, row number), for records about it later (duplicates)."""
     label_ids: dict[str, int] = {}
     if spec.labels:
         for i, name in enumerate(spec.labels):
@@ -239,6 +242,8 @@ def convert_rows(spec: TaskSpec, source: FileSource, columns: Columns, rows: lis
             uid = f"{uid}#{no}"
         seen.add(uid)
         examples.append(Example(uid, fields, label, answer))
+        if places is not None:
+            places[uid] = (origin, no)
     return examples, problems
 
 
@@ -311,6 +316,7 @@ def load_file_task(source: FileSource, spec: TaskSpec, cfg: "TaskConfig") -> Tas
     origins: dict[str, str] = {}
     skipped: list[dict[str, Any]] = []
     notes: list[str] = []
+    where: dict[str, tuple[str, int]] = {}
     for split in SPLITS:
         if split not in raw:
             continue
@@ -319,9 +325,11 @@ def load_file_task(source: FileSource, spec: TaskSpec, cfg: "TaskConfig") -> Tas
         if split != "train" and rows and not has_labels(rows, columns):
             notes.append(f"{origin} has no labels, so it is not used as the {split} split")
             continue
-        examples, problems = convert_rows(spec, source, columns, rows, origin, split)
+        examples, problems = convert_rows(spec, source, columns, rows, origin, split, where)
         check_usable(spec, origin, len(rows), len(examples), problems)
         skipped.extend(problems)
         splits[split] = examples
+    # a repeated text is kept once: in a local file it was kept twice and not reported (issue 13)
+    splits = dedupe_splits(spec, splits, where, skipped)
     train, dev, test, carved = fill_missing_splits(spec, splits, cfg.seed, origins)
     return finalize(spec, cfg, train, dev, test, skipped, notes + carved)
