@@ -5,7 +5,8 @@ seed in one process) → one `armada train` of the baseline cell through Ray Tra
 report's in-process cells is the per-run overhead before/after. value = mean paired test gain (points) of
 the best ARMADA variant (cosine/euclid/pointwise) over the undistilled baseline on bbc_topics.
 
-Full: jobs/ablation.yaml as committed (bbc_topics, SmolLM2-135M LoRA, 3 seeds, all variants + transfer),
+Full: jobs/ablation.yaml as committed (bbc_topics with SmolLM2-135M LoRA taught by MiniLM, and with MiniLM
+taught by SmolLM2; 3 seeds, all variants + transfer),
 saved to benchmarks/results/ablation.json. --quick: the tiny LLaMA student on 24 pang_lee rows, 2 seeds, 3
 variants; printed only.
 """
@@ -53,7 +54,8 @@ def main() -> None:
         base += [f"paths.work_dir={tempfile.mkdtemp(prefix='armada-bench-ablation-')}", *QUICK]
     t0 = time.perf_counter()
     transfer = [] if args.quick else ["task.transfer_rows=160"]  # = report.transfer_rows: the transfer cells' rows
-    armada("embed", *base, *transfer)
+    for setup in _setups(base) or [{"overrides": []}]:  # each setup's teacher (and task) has its own cache
+        armada("embed", *base, *setup["overrides"], *transfer)
     result = armada("report", *base)
     # the same baseline cell through Ray Train: its start-up is what each in-process cell does not pay
     seed = result["seeds"][0]
