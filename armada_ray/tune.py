@@ -181,6 +181,12 @@ def collect_trials(sweep_dir: Path) -> list[dict[str, Any]]:
     return trials
 
 
+def best_trial(finished: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    """The trial with the best ``best_dev_metric`` under ``tune.mode`` (the sweep's and the baseline sweep's)."""
+    sign = 1 if mode == "max" else -1
+    return max(finished, key=lambda t: sign * t["best_dev_metric"])
+
+
 def _close_child_runs(cfg: ArmadaConfig, trials: list[dict[str, Any]]) -> None:
     """A trial the scheduler stopped may leave its child run RUNNING: mark it finished (or killed early)."""
     if not cfg.tracking.enabled:
@@ -234,8 +240,7 @@ def run_baseline_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> dict[str
     finished = [t for t in collect_trials(bdir) if t.get("best_dev_metric") is not None]
     if not finished:
         raise RuntimeError(f"no baseline trial finished ({bdir})")
-    sign = 1 if cfg.tune.mode == "max" else -1
-    return max(finished, key=lambda t: sign * t["best_dev_metric"])
+    return best_trial(finished, cfg.tune.mode)
 
 
 def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dict[str, Any],
@@ -401,8 +406,7 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
     if not finished:
         parent.end("FAILED")
         raise RuntimeError(f"no trial finished; errors: {errors[:2]}")
-    sign = 1 if cfg.tune.mode == "max" else -1
-    best = max(finished, key=lambda t: sign * t["best_dev_metric"])
+    best = best_trial(finished, cfg.tune.mode)
     params = list(cfg.tune.search_space)
     parent.log_metrics({"best_dev_metric": best["best_dev_metric"], "trials": len(trials),
                         "trials_errored": len(errors)}, step=0)
