@@ -13,7 +13,7 @@ STAMP := $(VENV)/.armada-installed
 .PHONY: install demo test clean-venv
 
 install: $(STAMP)
-	@# DeepSpeed JIT-compiles its CPU ops on first use (~45 s + ~60 s): build them now, visibly, once per machine
+	@# DeepSpeed JIT-compiles its CPU collectives on first use (~45 s): build them now, visibly, once per machine
 	@$(PY) -m armada_ray.train.ops
 
 $(STAMP): pyproject.toml constraints.txt Makefile
@@ -35,6 +35,8 @@ demo: install
 	$(VENV)/bin/armada demo --config jobs/demo.yaml
 
 test: install
+	@# the offload tests' CPU Adam (~60 s), built before the suite so no test compiles it
+	@$(PY) -m armada_ray.train.ops --offload
 	$(VENV)/bin/python -m pytest tests -v --durations=15
 
 clean-venv:

@@ -8,13 +8,16 @@ config, and written by the student's ``save_pretrained_parts`` (LoRA merged, or 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
+from armada_ray import console
 from armada_ray.config import ArmadaConfig, ConfigError, build_config
 
 CKPT_TAG = "state"
@@ -27,6 +30,16 @@ def checkpoint_config(ckpt: Path) -> tuple[ArmadaConfig, dict[str, Any]]:
     return build_config(yaml.safe_load((ckpt / "config.yaml").read_text())), json.loads((ckpt / "task.json").read_text())
 
 
+@contextlib.contextmanager
+def _quiet_unless_verbose() -> Iterator[None]:
+    """Keep a library's prints and progress bars off the console (shown with ``--verbose``)."""
+    if console.verbose():
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
 def load_checkpoint_student(ckpt: Path) -> tuple[Any, Any, ArmadaConfig, dict[str, Any], Any]:
     """(student, tokenizer, config, task facts, aligner or None) from a training checkpoint folder."""
     import torch
@@ -37,7 +50,8 @@ def load_checkpoint_student(ckpt: Path) -> tuple[Any, Any, ArmadaConfig, dict[st
     cfg, task = checkpoint_config(ckpt)
     student, tokenizer = build_student(cfg.student, num_classes=task["num_classes"], proj_dim=cfg.aligner.proj_dim,
                                        task_kind=task["kind"])
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "deepspeed"), tag=CKPT_TAG)
+    with _quiet_unless_verbose():  # zero_to_fp32 prints its progress (shards, parsed stages) on every load
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "deepspeed"), tag=CKPT_TAG)
     missing, unexpected = student.load_state_dict(state, strict=False)
     params = dict(student.named_parameters())
     trainable_missing = [k for k in missing if k in params and params[k].requires_grad]

@@ -66,7 +66,7 @@ def paired(variant: list[float], baseline: list[float]) -> dict[str, float]:
     diffs = [100.0 * (a - b) for a, b in pairs]
     mean, half = mean_ci95(diffs)
     p = math.nan  # also when every seed gives the same difference: a t-test is undefined at zero variance
-    if len(diffs) >= 2 and np.std(diffs) > 0:
+    if len(diffs) >= 2 and np.std(diffs) > 1e-9:  # float noise of equal differences is not variance
         p = float(stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs]).pvalue)
     return {"gain_points": mean, "gain_ci95_low": mean - half if math.isfinite(half) else math.nan,
             "gain_ci95_high": mean + half if math.isfinite(half) else math.nan, "p_value": p, "pairs": len(diffs)}

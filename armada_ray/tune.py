@@ -243,38 +243,75 @@ def run_baseline_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> dict[str
     return best_trial(finished, cfg.tune.mode)
 
 
+def _run_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str | None) -> None:
+    """One run of the seeded comparison as a Tune trial: a full Ray Train run scored on test at its best dev
+    epoch, its facts in the run's summary.json (read back by :func:`run_comparison`)."""
+    from armada_ray.train.trainer import build_trainer, summarize_result
+
+    run = params["run"]
+    cfg = trial_config(base, {**run["params"], "train.seed": run["seed"]}, run_name=run["name"])
+    print(f"[armada] comparison: {run['arm']} at seed {run['seed']} ({run['name']})", flush=True)
+    t0 = time.perf_counter()
+    result = build_trainer(cfg, parent_run_id=parent_run_id, name=run["name"].split("/")[-1],
+                           eval_test=True).fit()
+    if result.error:
+        raise RuntimeError(f"{run['name']}: {result.error}")
+    summarize_result(cfg, result, time.perf_counter() - t0)
+
+
 def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dict[str, Any],
                    parent_run_id: str | None) -> dict[str, Any]:
     """Best ARMADA config vs the undistilled baseline over ``tune.seeds`` (issue 12: not one run against the best
     of N). Each arm is trained once per seed with the same budget, selected on dev and scored on test at its best
     dev epoch; the sweep's own best trial stands for its seed. Returns both arms' runs, mean ± 95 % interval and
-    the paired difference (points) with its interval and t-test."""
+    the paired difference (points) with its interval and t-test.
+
+    The runs are one Tune grid (FIFO, ``tune.max_concurrent_trials`` at once), so they share the cluster like
+    the sweep's trials instead of queueing one by one behind the driver; a run that fails is recorded and the
+    comparison goes on with the seeds it has."""
+    from ray import tune
+
     from armada_ray.evaluate import evaluate_checkpoint
     from armada_ray.report import mean_ci95, paired
-    from armada_ray.train.trainer import build_trainer, summarize_result
 
     base = cfg.model_dump(mode="json")
     base.update(run_name=None, resume=False)
+    base["paths"]["work_dir"] = str(cfg.work_dir)  # absolute: trial actors may run in another cwd
+    base["tracking"]["experiment"] = cfg.experiment
     arms = {"armada": dict(best["params"]), "baseline": {**baseline_params, "loss.mode": "baseline"}}
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    todo: list[dict[str, Any]] = []
     for seed in cfg.tune.seeds:
         for arm, params in arms.items():
             name = f"{cfg.run_name}/seed{seed}-{arm}"
-            rcfg = trial_config(base, {**params, "train.seed": seed}, run_name=name)
             if arm == "armada" and seed == cfg.train.seed and best.get("best_checkpoint"):
+                rcfg = trial_config(base, {**params, "train.seed": seed}, run_name=name)
                 res = evaluate_checkpoint(rcfg, Path(best["best_checkpoint"]), "test")
                 runs[arm].append({"seed": seed, "dev": best["best_dev_metric"], "test": res["metric_value"],
                                   "run_name": best["run_name"], "checkpoint": best["best_checkpoint"]})
-                continue
-            print(f"[armada] comparison: {arm} at seed {seed} ({name})", flush=True)
-            t0 = time.perf_counter()
-            result = build_trainer(rcfg, parent_run_id=parent_run_id, name=f"seed{seed}-{arm}", eval_test=True).fit()
-            if result.error:  # recorded, the comparison goes on with the seeds it has
-                runs[arm].append({"seed": seed, "error": str(result.error)[:300]})
-                continue
-            s = summarize_result(rcfg, result, time.perf_counter() - t0)
-            runs[arm].append({"seed": seed, "dev": s["best_dev_metric"], "test": s["test_at_best_dev"],
-                              "run_name": name, "checkpoint": s["best_checkpoint"], "wall_s": s["wall_s"]})
+            else:
+                todo.append({"name": name, "arm": arm, "seed": seed, "params": params})
+    if todo:
+        print(f"[armada] comparison: {len(todo)} run(s), up to {cfg.tune.max_concurrent_trials} at once", flush=True)
+        trainable = tune.with_resources(
+            tune.with_parameters(_run_driver, base=base, parent_run_id=parent_run_id), DRIVER_RESOURCES)
+        tune.Tuner(
+            trainable, param_space={"run": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent_trials),
+            run_config=tune.RunConfig(name=f"{Path(cfg.run_name or 'sweep').name}-comparison",
+                                      storage_path=str(cfg.work_dir / "runs" / cfg.experiment),
+                                      verbose=console.tune_verbosity()),
+        ).fit()
+    for run in todo:
+        summary = cfg.work_dir / "runs" / cfg.experiment / run["name"] / "summary.json"
+        if not summary.exists():  # the run failed: its error is in the Tune trial's log
+            runs[run["arm"]].append({"seed": run["seed"], "error": f"{run['name']} did not finish (no {summary})"})
+            continue
+        s = json.loads(summary.read_text())
+        runs[run["arm"]].append({"seed": run["seed"], "dev": s["best_dev_metric"], "test": s["test_at_best_dev"],
+                                 "run_name": run["name"], "checkpoint": s["best_checkpoint"], "wall_s": s["wall_s"]})
+    for arm in runs:
+        runs[arm].sort(key=lambda r: cfg.tune.seeds.index(r["seed"]))  # pairs line up by seed
     out: dict[str, Any] = {"seeds": list(cfg.tune.seeds), "armada_params": arms["armada"],
                            "baseline_params": baseline_params, "arms": {}}
     for arm, rs in runs.items():

@@ -7,7 +7,9 @@ the best ARMADA variant (cosine/euclid/pointwise) over the undistilled baseline 
 
 Full: jobs/ablation.yaml as committed (bbc_topics with SmolLM2-135M LoRA taught by MiniLM, and with MiniLM
 taught by SmolLM2; 3 seeds, all variants + transfer),
-saved to benchmarks/results/ablation.json. --quick: the tiny LLaMA student on 24 pang_lee rows, 2 seeds, 3
+saved to benchmarks/results/ablation.json. --only NAME[,NAME]: run just those setups of the YAML and merge
+their cells into the committed result (the other setups' cells, the headline and the overhead stay as they
+were; each merged study's setups and wall time are listed under `studies`). --quick: the tiny LLaMA student on 24 pang_lee rows, 2 seeds, 3
 variants; printed only.
 """
 
@@ -48,8 +50,11 @@ def armada(*args: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="reduced size, < 3 min on 2 cores; prints, does not save")
+    ap.add_argument("--only", default="", help="comma-separated setup names; their cells are merged into the result")
     args = ap.parse_args()
     base = ["--config", "jobs/ablation.yaml"]
+    if args.only:
+        return _run_only(base, [n.strip() for n in args.only.split(",") if n.strip()])
     if args.quick:
         base += [f"paths.work_dir={tempfile.mkdtemp(prefix='armada-bench-ablation-')}", *QUICK]
     t0 = time.perf_counter()
@@ -74,6 +79,32 @@ def main() -> None:
         for c in result["cells"]:
             c.pop("runs", None)
     emit(result, quick=args.quick)
+
+
+def _run_only(base: list[str], names: list[str]) -> None:
+    """Run the named setups (embed + report) and merge their cells into benchmarks/results/ablation.json."""
+    from _common import RESULTS
+
+    t0 = time.perf_counter()
+    chosen = [s for s in _setups(base) if s["name"] in names]
+    missing = sorted(set(names) - {s["name"] for s in chosen})
+    if missing:
+        raise SystemExit(f"--only: no setup named {', '.join(missing)} in {base[1]}")
+    for setup in chosen:
+        armada("embed", *base, *setup["overrides"], "task.transfer_rows=160")
+    # JSON is YAML flow syntax: the chosen setups replace report.setups for this run
+    result = armada("report", *base, f"report.setups={json.dumps(chosen)}")
+    path = RESULTS / "ablation.json"
+    merged = json.loads(path.read_text())
+    merged["cells"] = [c for c in merged["cells"] if c["setup"] not in names] + result["cells"]
+    merged["probes"] = {**merged.get("probes", {}), **result["probes"]}
+    merged.setdefault("studies", [{"setups": sorted({c["setup"] for c in merged["cells"]} - set(names)),
+                                   "wall_s": merged["wall_s"]}])
+    merged["studies"].append({"setups": names, "wall_s": result["wall_s"],
+                              "benchmark_wall_s": round(time.perf_counter() - t0, 1),
+                              "load_avg_1m_5m_15m": [round(x, 2) for x in os.getloadavg()]})
+    path.write_text(json.dumps(merged, indent=1, default=str) + "\n")
+    print(json.dumps({k: v for k, v in merged.items() if k != "cells"}, default=str), flush=True)
 
 
 def _setups(base: list[str]) -> list[dict]:

@@ -70,3 +70,33 @@ def test_library_chatter_stays_off_the_console_unless_verbose(monkeypatch):
     assert "PYTHONWARNINGS" not in env and env[console.VERBOSE_ENV] == "1" and console.tune_verbosity() == 1
     out = armada("tasks", "--verbose")
     assert out.returncode == 0 and "files" in out.stdout
+
+
+def test_ray_data_notices_and_ray_internal_lines_are_kept_off_the_console_but_ours_are_not_merged(tmp_path):
+    """Issue 16, on the real libraries in a fresh interpreter (both read their settings at import): Ray Data's
+    INFO notices go to its log file only; Ray's log forwarding skips the two known C++/raylet notices and
+    DeepSpeed's start-up print, and never merges two trials' "[armada ...]" lines into one "[repeated 2x]"."""
+    from armada_ray import console
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import logging, json\n"
+        "from armada_ray import console\n"
+        "console.quiet_driver()\n"
+        "import ray.data  # noqa: F401 - configures the 'ray.data' logger from RAY_DATA_LOGGING_CONFIG\n"
+        "from ray._private.ray_logging import stdout_deduplicator as d\n"
+        "h = {x.name: logging.getLevelName(x.level) for x in logging.getLogger('ray.data').handlers}\n"
+        "lines = ['[armada trial-1 rank 0] epoch 1/2 done', '[armada trial-2 rank 0] epoch 1/2 done',\n"
+        "         '[2026 E 1 2] core_worker.cc:2465: Actor with class name: X has constructor arguments in the '\n"
+        "         'object store and max_restarts > 0.', 'DeepSpeed deepspeed.ops.comm.shm_op built successfully',\n"
+        "         'WARNING: 8 PYTHON worker processes have been started on node: n with address: a']\n"
+        "out = [line for i, l in enumerate(lines) for b in d.deduplicate({'ip': 'x', 'pid': i, 'lines': [l]})\n"
+        "       for line in b['lines']]\n"
+        "print(json.dumps({'handlers': h, 'out': out}))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_DEDUP", "RAY_DATA_LOGGING", "ARMADA_VERB"))}
+    got = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, env=env, timeout=120)
+    assert got.returncode == 0, got.stderr[-2000:]
+    res = json.loads(got.stdout.strip().splitlines()[-1])
+    assert res["handlers"]["console"] == "WARNING" and res["handlers"]["file"] in ("NOTSET", "DEBUG")
+    assert res["out"] == ["[armada trial-1 rank 0] epoch 1/2 done", "[armada trial-2 rank 0] epoch 1/2 done"]
+    assert console.RAY_DATA_LOGGING.is_file()

@@ -44,7 +44,7 @@ def test_embed_probe_train_eval_on_the_default_relative_work_dir(tmp_path):
     assert Path(summary["run_dir"]).is_relative_to(work) and Path(summary["best_checkpoint"]).is_relative_to(work)
     assert "aligner fitted: best dev metric" in train["out"] and "linear probe on the teacher vectors" in train["out"]
     # each worker line reaches the console once (issue 16: Ray Train's print patch doubled them)
-    placement = [line for line in train["out"].splitlines() if "[armada rank 0] placement:" in line]
+    placement = [line for line in train["out"].splitlines() if " rank 0] placement:" in line]
     assert len(placement) == 1, placement
 
     ev = armada(tmp_path, "eval", f"eval.checkpoint={summary['best_checkpoint']}")["json"]

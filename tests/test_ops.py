@@ -76,7 +76,7 @@ def test_the_os_lock_waits_for_a_live_builder_and_is_released_when_it_dies(tmp_p
 
 
 def test_make_install_leaves_no_cpu_op_to_compile():
-    """`make install` ran `python -m armada_ray.train.ops` into the default folder the tests and runs use."""
+    """`make test` ran `python -m armada_ray.train.ops --offload` into the default folder the tests and runs use."""
     for name, _, _ in ops.CPU_OPS.values():
         assert ops.is_built(name), f"{name} is not built in {ops.extensions_dir()}: run `make install`"
 

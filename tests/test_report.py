@@ -35,6 +35,10 @@ def test_intervals_and_paired_differences():
     assert math.isnan(mean_ci95([0.7])[1])
     same = paired([0.75, 0.75], [0.74, 0.74])  # every seed the same difference: no t-test (was reported as p = 0)
     assert same["gain_points"] == pytest.approx(1.0) and math.isnan(same["p_value"])
+    # the demo's case: one more test row right on both seeds (89/120 vs 88/120, 90/120 vs 89/120), equal up to
+    # float noise: still no t-test (the demo printed p = 0.000)
+    noisy = paired([89 / 120, 90 / 120], [88 / 120, 89 / 120])
+    assert noisy["gain_points"] == pytest.approx(100 / 120) and math.isnan(noisy["p_value"])
 
 
 def test_an_unknown_variant_is_refused_naming_it():

@@ -54,6 +54,15 @@ def test_tiny_llama_zero2_lora_two_workers_resume_gives_the_same_next_step_loss(
     assert [h["epoch"] for h in hist] == [1, 2]
     assert all(0.0 <= h["dev_metric"] <= 1.0 for h in hist) and "aligner_dev_metric" in hist[0]
     assert hist[0]["loss_manifold"] > 0 and hist[0]["loss_soft"] > 0
+    # the checkpoint holds what trained, not the frozen base weights (issue 15), and still resumes exactly below
+    import torch
+
+    from armada_ray.train.loop import CKPT_TAG
+
+    states = torch.load(Path(full["best_checkpoint"]) / "deepspeed" / CKPT_TAG / "mp_rank_00_model_states.pt",
+                        map_location="cpu", weights_only=False)
+    saved = list(states["module"])
+    assert any("lora_" in k for k in saved) and not any("embed_tokens" in k or "mlp" in k for k in saved), saved
 
     _train(work_dir, *common, "train.epochs=1", "run_name=interrupted")
     resumed = _train(work_dir, *common, "train.epochs=2", "run_name=interrupted", "resume=true")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from armada_ray.config import TaskConfig
 
 log = logging.getLogger("armada_ray.tasks")
+_SKIPS_SAID: set[tuple[str, int]] = set()  # (task, count) already on the console in this process
 
 Kind = Literal["classification", "regression", "generative"]
 SPLITS = ("train", "dev", "test")
@@ -349,7 +350,8 @@ def finalize(spec: TaskSpec, cfg: "TaskConfig", train: list[Example], dev: list[
         notes.append(f"transfer set: {len(transfer)} rows from {len(unlabelled)} unlabelled rows and the "
                      f"{len(pool)} train rows beyond task.max_train (task.transfer_rows={cfg.transfer_rows})")
 
-    if skipped:
+    if skipped and (spec.name, len(skipped)) not in _SKIPS_SAID:  # once per process: stages reload the task
+        _SKIPS_SAID.add((spec.name, len(skipped)))
         by_place = Counter((Path(str(s["file"])).name, s["field"]) for s in skipped)
         summary = ", ".join(f"{f} field {fld!r}: {c}" for (f, fld), c in by_place.most_common(5))
         first = skipped[0]

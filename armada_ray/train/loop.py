@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import random
@@ -50,6 +51,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from armada_ray import console
 from armada_ray.config import ArmadaConfig, dump_config
 from armada_ray.model.aligner import AlignerOutput
 from armada_ray.model.aligner_fit import fit_aligner
@@ -157,7 +159,9 @@ class ArmadaWorker:
             return
         with ckpt.as_directory() as d:
             d = Path(d)
-            self.engine.load_checkpoint(str(d / "deepspeed"), tag=CKPT_TAG)
+            # a checkpoint without the frozen base weights (LoRA, frozen layers) restores only what trained:
+            # the frozen ones are what the model was just built with
+            self.engine.load_checkpoint(str(d / "deepspeed"), tag=CKPT_TAG, load_module_strict=not self._has_frozen)
             self.state = json.loads((d / "state.json").read_text())
             if self.aligner is not None and (d / "aligner.pt").exists():
                 blob = torch.load(d / "aligner.pt", map_location=self.device, weights_only=False)
@@ -195,12 +199,18 @@ class ArmadaWorker:
         self.state["mlflow_run_id"] = tracker.run_id
         return tracker
 
+    @property
+    def _has_frozen(self) -> bool:
+        return any(not p.requires_grad for p in self.engine.module.parameters())
+
     def _save_checkpoint(self, metrics: dict[str, Any]) -> None:
         if not self.session.keeps_checkpoints:  # a study cell in-process: the metrics are what it keeps
             self.session.report(metrics)
             return
         tmp = Path(tempfile.mkdtemp(prefix="armada-ckpt-"))
-        self.engine.save_checkpoint(str(tmp / "deepspeed"), tag=CKPT_TAG)
+        # frozen base weights are never written (issue 15: a ZeRO-3 LoRA checkpoint of an 8B model held ≈ 15 GB of
+        # them per epoch); export and resume rebuild them from student.model
+        self.engine.save_checkpoint(str(tmp / "deepspeed"), tag=CKPT_TAG, exclude_frozen_parameters=self._has_frozen)
         torch.save(_rng_state(), tmp / f"rng_rank{self.rank}.pt")
         if self.rank == 0:
             (tmp / "state.json").write_text(json.dumps(self.state, default=float))
@@ -613,6 +623,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     "eval_test"}."""
     cfg = ArmadaConfig.model_validate(config["cfg"])  # validate at the top; read no module globals
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
-    session = Session.from_ray(teacher_fingerprint_id=config.get("fingerprint_id"))
+    if not console.verbose():  # the driver's plan check already named the task's skipped rows and their file
+        logging.getLogger("armada_ray.tasks").setLevel(logging.ERROR)
+    session = Session.from_ray(teacher_fingerprint_id=config.get("fingerprint_id"),
+                               label=(cfg.run_name or "train").split("/")[-1])
     session.log(session.placement())  # which node each rank runs on, visible in the job's logs
     ArmadaWorker(cfg, session, parent_run_id=config.get("parent_run_id"), eval_test=bool(config.get("eval_test"))).run()

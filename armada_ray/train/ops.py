@@ -14,8 +14,10 @@ resumes (ninja keeps the object files it already had). The load is done here, be
 op: DeepSpeed caches loaded ops per process (``OpBuilder._loaded_ops``), so its own later ``load()`` returns
 the module without touching the baton. No collective runs while the lock is held, so ranks cannot deadlock.
 
-``python -m armada_ray.train.ops`` (run by ``make install``) builds every op the CPU path uses into the
-project's extensions folder, so no run compiles at run time on CPU.
+``python -m armada_ray.train.ops`` (run by ``make install``) builds the op every CPU run uses (the collectives)
+into the project's extensions folder; ``--offload`` (run by ``make test``) also builds CPU Adam, which only
+``train.offload=true`` needs: a first offload run elsewhere builds it then, saying so (≈ 60 s once), and
+``make demo`` on a fresh clone does not pay for an op it never loads.
 """
 
 from __future__ import annotations
@@ -136,15 +138,20 @@ def prepare_ops(on_gpu: bool, offload: bool, log: Callable[[str], None] = _say) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Build every op the CPU path uses (``make install``); quick and silent-but-one-line once built."""
-    del argv
+    """Build the CPU path's ops (``make install``; ``--offload`` adds CPU Adam); one line once built."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m armada_ray.train.ops", description=main.__doc__)
+    ap.add_argument("--offload", action="store_true", help="also build cpu_adam (train.offload=true)")
+    args = ap.parse_args(argv)
     root = extensions_dir()
-    names = [name for name, _, _ in CPU_OPS.values()]
+    wanted = {b: v for b, v in CPU_OPS.items() if args.offload or b != "CPUAdamBuilder"}
+    names = [name for name, _, _ in wanted.values()]
     if all(is_built(n, root) for n in names):
         print(f"DeepSpeed ops already built in {root}: {', '.join(names)}")
         return 0
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    for builder_name, (name, purpose, _) in CPU_OPS.items():
+    for builder_name, (name, purpose, _) in wanted.items():
         if not is_built(name, root):
             _say(f"DeepSpeed op {name} ({purpose}) is built ahead of time so no run compiles it")
         if load_op(builder_name) is None:

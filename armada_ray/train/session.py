@@ -21,15 +21,17 @@ class Session:
     world_size: int
     device: torch.device
     teacher_fingerprint_id: str | None = None
+    label: str | None = None  # the run's short name: concurrent trials' lines must tell whose they are
     keeps_checkpoints = True  # class attribute: a Ray Train run checkpoints every epoch
 
     @classmethod
-    def from_ray(cls, teacher_fingerprint_id: str | None = None) -> "Session":
+    def from_ray(cls, teacher_fingerprint_id: str | None = None, label: str | None = None) -> "Session":
         import ray.train
         import ray.train.torch
 
         ctx = ray.train.get_context()
-        return cls(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), teacher_fingerprint_id)
+        return cls(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), teacher_fingerprint_id,
+                   label)
 
     def get_checkpoint(self) -> Any:
         import ray.train
@@ -53,7 +55,8 @@ class Session:
                 f"host={socket.gethostname()} ip={ray.util.get_node_ip_address()}")
 
     def log(self, message: str) -> None:
-        print(f"[armada rank {self.rank}] {message}", file=sys.stdout, flush=True)
+        who = f"{self.label} rank {self.rank}" if self.label else f"rank {self.rank}"
+        print(f"[armada {who}] {message}", file=sys.stdout, flush=True)
 
 
 @dataclass

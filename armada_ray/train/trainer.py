@@ -215,6 +215,8 @@ def build_trainer(cfg: ArmadaConfig, *, parent_run_id: str | None = None, callba
             checkpoint_score_order="max",
         ),
         callbacks=callbacks or None,
+        # Ray Train's own INFO lines (resource requests, worker-group start) stay in its log files
+        logging_config=ray.train.LoggingConfig(log_level=console.train_log_level()),
     )
     return TorchTrainer(
         train_loop_per_worker,
