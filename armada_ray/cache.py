@@ -538,4 +538,4 @@ def open_cache_for(cfg: Any) -> TeacherCache | None:
     """The existing cache of ``cfg.teacher`` under ``cfg.cache_root`` (None when it was never embedded)."""
     from armada_ray.teachers.base import teacher_fingerprint
 
-    return TeacherCache.open_existing(cfg.cache_root, teacher_fingerprint(cfg.teacher))
+    return TeacherCache.open_existing(cfg.cache_root, teacher_fingerprint(cfg.teacher, device=cfg.embed.teacher_device))

@@ -386,10 +386,22 @@ class ScalingConfig(_Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(1.0, ge=0)
+    gpus_per_worker: float = Field(1.0, ge=0, description="Whole GPUs per rank: DeepSpeed binds one device per rank.")
     max_failures: int = Field(1, ge=0, description="Automatic restarts from the latest checkpoint.")
     gpu_memory_gb: float = Field(80.0, gt=0, description="Memory per GPU, for the fit check (H100: 80).")
     memory_headroom: float = Field(0.9, gt=0, le=1.0, description="Fraction of memory a plan may use.")
+    cluster_spec: str | None = Field(
+        None, description="An autoscaling cluster's description (cluster/autoscaler.yaml, cluster/kuberay/*.yaml): "
+                          "the preflight sizes plans on it at full scale, not only on the nodes alive now.")
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_gpus(cls, v: float) -> float:
+        # Ray would pack two 0.5-GPU ranks onto one device, where DeepSpeed/NCCL ranks cannot share it
+        if v != int(v):
+            raise ValueError(f"must be a whole number of GPUs (got {v}): DeepSpeed binds one device per rank; "
+                             "use 1, or 0 with scaling.use_gpu=false")
+        return v
 
 
 class SearchDomain(_Section):
@@ -470,6 +482,11 @@ class TrackingConfig(_Section):
 class EmbedConfig(_Section):
     concurrency: int = Field(2, ge=1, description="Actors in the teacher pool.")
     num_gpus_per_actor: float = Field(0.0, ge=0)
+
+    @property
+    def teacher_device(self) -> str:
+        """Where a local teacher's vectors are computed: a GPU when its actors ask for one (their fingerprint)."""
+        return "cuda" if self.num_gpus_per_actor > 0 else "cpu"
     batch_size: int = Field(32, ge=1, description="Rows per map_batches call.")
     max_chars: int = Field(20000, ge=1, description="Longer prompts are quarantined as over-long.")
     flush_every_s: float = Field(

@@ -43,14 +43,18 @@ def set_verbose(on: bool) -> None:
 
 # Ray's documented log-forwarding knobs (read when ray is imported): our own lines ("[armada ...") are never
 # merged by Ray's dedup (it strips digits, so two trials' epoch lines would read as one "[repeated 2x]"), and
-# two notices a user cannot act on are skipped (they stay in the workers' log files): the core worker's
+# notices a user cannot act on are skipped (they stay in the workers' log files): the core worker's
 # "constructor arguments in the object store and max_restarts > 0" (Ray Data and Ray Train actors) and the
 # raylet's "N PYTHON worker processes have been started ... startup concurrency" (every trial starts some);
 # DeepSpeed's "... built successfully" is a print of every rank that loads the (prebuilt) collectives
 RAY_DEDUP_ALLOW = r"\[armada "
 RAY_DEDUP_SKIP = (r"has constructor arguments in the object store and max_restarts|"
                   r"PYTHON worker processes have been started on node|"
-                  r"DeepSpeed \S+ built successfully")  # DeepSpeed's print at every rank's start, built or not
+                  r"DeepSpeed \S+ built successfully|"  # DeepSpeed's print at every rank's start, built or not
+                  # Ray Train INFO lines from loggers outside "ray.train" (its LoggingConfig misses them): a
+                  # rank's report, and the cleaner's notice when the scheduler stops a trial
+                  r"Reporting training result \d+: TrainingReport|"
+                  r"Detected that the Ray Train controller actor \(\w+\) is dead")
 
 
 def worker_env() -> dict[str, str]:

@@ -242,7 +242,7 @@ def embed_prompts(cfg: ArmadaConfig, rows: list[dict[str, str]], *, log: Callabl
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fill the cache for ``rows`` (dicts with "prompt", optional "uid"); returns the run's stats."""
     t_start = time.monotonic()
-    teacher = build_teacher(cfg.teacher)
+    teacher = build_teacher(cfg.teacher, device=cfg.embed.teacher_device)
     is_http = cfg.teacher.kind == "http"
     fid = teacher.fingerprint_id()
     stand_in = " (STAND-IN teacher)" if cfg.teacher.stand_in else ""
@@ -311,6 +311,8 @@ def embed_prompts(cfg: ArmadaConfig, rows: list[dict[str, str]], *, log: Callabl
         limiter_actor = None
         kwargs: dict[str, Any] = {"teacher_cfg": cfg.teacher.model_dump(mode="json"), "dim": cache.dim,
                                   "max_chars": max_chars, "journal_dir": str(cache.path)}
+        if not is_http:  # the device its fingerprint (dtype) was computed for
+            kwargs["device"] = cfg.embed.teacher_device
         if is_http:
             limiter_actor, kwargs["limiter"] = make_ray_limiter(cfg.teacher, name=f"armada-limiter-{uuid.uuid4().hex[:8]}")
         predictor = AsyncTeacherPredictor if is_http else TeacherPredictor

@@ -504,7 +504,14 @@ def run_preflight(cfg: ArmadaConfig, command: str = "train", *, resources: dict[
     res = None
     if "cluster" in needs or "memory" in needs:
         try:
-            res = resources if resources is not None else cluster_resources()
+            if resources is not None:
+                res = resources
+            elif cfg.scaling.cluster_spec:  # GPU groups that scale from zero count at their maximum (issue 15)
+                from armada_ray.cluster_spec import nodes_from_spec
+
+                res = nodes_from_spec(cfg.scaling.cluster_spec)
+            else:
+                res = cluster_resources()
         except Exception as exc:  # noqa: BLE001 - e.g. RAY_ADDRESS points nowhere
             checks["cluster"].set(FAIL, f"cannot read the cluster's resources: {_one_line(exc)}")
     if "cluster" in needs and res is not None:

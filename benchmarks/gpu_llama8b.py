@@ -58,6 +58,8 @@ def main() -> None:
             "train.epochs=1", f"train.max_steps_per_epoch={steps}", "train.zero_stage=3", "tracking.enabled=false",
             "aligner.hidden=768", "aligner.proj_dim=1024", "train.report_every=4", "scaling.num_workers=1",
             f"scaling.use_gpu={'true' if gpu else 'false'}", "scaling.cpus_per_worker=1"]
+    if gpu:  # the fit check sizes plans by this GPU, not the 80 GiB default (the full leg's 112 GiB was refused)
+        base.append(f"scaling.gpu_memory_gb={torch.cuda.get_device_properties(0).total_memory / 2**30:.1f}")
 
     from armada_ray.config import load_config
     from armada_ray.embed import run_embed
@@ -71,8 +73,13 @@ def main() -> None:
     rows = {}
     t0 = time.perf_counter()
     for label, extra in (("lora", ["student.lora.enabled=true"]), ("full", ["student.lora.enabled=false"])):
-        armada = run(base, *extra, f"run_name={label}-armada")
-        baseline = run(base, *extra, "loss.mode=baseline", f"run_name={label}-baseline")
+        try:
+            armada = run(base, *extra, f"run_name={label}-armada")
+            baseline = run(base, *extra, "loss.mode=baseline", f"run_name={label}-baseline")
+        except Exception as exc:  # noqa: BLE001 - one leg failing (e.g. refused as too big) must not lose the other
+            rows[label] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+            print(json.dumps({"leg": label, **rows[label]}), flush=True)
+            continue
         tok_s = batch * seq / armada["step_s_median"]
         flops_per_token = (4 if label == "lora" else 6) * n_params
         rows[label] = {
@@ -82,10 +89,11 @@ def main() -> None:
             "armada_vs_undistilled": round(armada["step_s_median"] / baseline["step_s_median"], 4),
             "step_s": round(armada["step_s_median"], 4),
         }
+        print(json.dumps({"leg": label, **rows[label]}), flush=True)  # each leg's figures as soon as they exist
     device = torch.cuda.get_device_name(0) if gpu else "cpu (tiny shapes: plumbing only, no GPU figures)"
     emit({
         "name": "gpu_llama8b",
-        "value": rows["lora"]["mfu"],
+        "value": rows["lora"].get("mfu"),
         "unit": "MFU",
         "device": device,
         "student_shape": shape,

@@ -201,3 +201,53 @@ def test_a_submitted_driver_does_not_repeat_the_jobs_env_vars(monkeypatch):
     assert _without_job_env_vars({"env_vars": {"ARMADA_CACHE_DIR": "/c"}}) == {}
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     assert _without_job_env_vars(mine) == mine  # not a submitted job: unchanged
+
+
+GPU_JOBS = ["glue_llama3_8b.yaml", "glue_deberta_xxlarge.yaml", "reasoning.yaml", "sweep_alpha_beta.yaml",
+            "embed_sd_gpu.yaml"]
+
+
+@pytest.mark.parametrize("job", GPU_JOBS)
+def test_gpu_jobs_fit_their_autoscaling_cluster_with_no_gpu_node_alive(job, monkeypatch):
+    """Issue 15: the GPU groups scale from zero, so no GPU node is alive when a job starts; sized on the cluster's
+    description at full scale (scaling.cluster_spec), every GPU job's plan fits, for training and for embedding."""
+    from armada_ray.cluster_spec import nodes_from_spec
+    from armada_ray.preflight import Check, _check_cluster
+
+    monkeypatch.chdir(JOBS.parent)  # the job's relative path, as in a submitted job's working dir
+    cfg = load_config(JOBS / job, [])
+    assert cfg.scaling.cluster_spec, f"{job} names no scaling.cluster_spec"
+    res = nodes_from_spec(cfg.scaling.cluster_spec)
+    assert not any(n["GPU"] for n in res["nodes"] if n["node_type"] == "head")
+    for command in ("train", "embed"):
+        check = Check("cluster")
+        _check_cluster(cfg, command, res, check)
+        assert check.status == "ok", (job, command, check.detail)
+
+
+def test_the_cluster_description_still_refuses_a_plan_no_node_type_can_hold(monkeypatch, capsys):
+    from armada_ray.cluster_spec import nodes_from_spec
+
+    monkeypatch.chdir(JOBS.parent)
+    # 40 one-GPU workers: the H100 group tops out at 4 nodes x 8 GPUs
+    cfg = load_config(JOBS / "glue_llama3_8b.yaml", ["scaling.num_workers=40"])
+    with pytest.raises(ConfigError, match=r"check \d cluster: 40 worker\(s\) x \(8 CPU, 1 GPU\) do not fit: 32 of 40"):
+        run_preflight(cfg, "train", resources=nodes_from_spec(cfg.scaling.cluster_spec))
+    assert "cluster/kuberay/raycluster.yaml at full scale" in capsys.readouterr().out
+    # the Ray cluster launcher's format too, with its global max_workers cap: 2 H100 + 4 A10G nodes
+    launcher = nodes_from_spec("cluster/autoscaler.yaml")
+    assert sorted(n["GPU"] for n in launcher["nodes"]) == [0, 4, 4, 4, 4, 8, 8]
+
+
+def test_a_cluster_description_that_cannot_be_read_is_named(tmp_path):
+    from armada_ray.cluster_spec import nodes_from_spec
+
+    with pytest.raises(ConfigError, match="no such file"):
+        nodes_from_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "c.yaml"
+    bad.write_text("available_node_types:\n  gpu: {max_workers: 2, resources: {}}\n")
+    with pytest.raises(ConfigError, match=r"available_node_types.gpu.resources declares no CPU"):
+        nodes_from_spec(bad)
+    bad.write_text("kind: Deployment\n")
+    with pytest.raises(ConfigError, match="neither a Ray cluster-launcher config"):
+        nodes_from_spec(bad)

@@ -56,8 +56,20 @@ def test_hf_fingerprint_without_loading_weights() -> None:
     assert t.fingerprint_id() == build_teacher(HFTeacherConfig(model="minilm")).fingerprint_id()
     for change in ({"pooling": "cls"}, {"layer": 3}, {"normalize": False}, {"prompt_template": "photo of {text}"}):
         assert build_teacher(HFTeacherConfig(model="minilm", **change)).fingerprint_id() != t.fingerprint_id()
-    # batch size and dtype are execution details, not part of the recipe
+    # batch size is an execution detail, not part of the recipe
     assert build_teacher(HFTeacherConfig(model="minilm", batch_size=3)).fingerprint_id() == t.fingerprint_id()
+    # the compute dtype is (issue 15): CPU fp32 and GPU half-precision vectors never share a cache
+    cpu = build_teacher(HFTeacherConfig(model="minilm"), device="cpu").fingerprint()
+    gpu = build_teacher(HFTeacherConfig(model="minilm"), device="cuda").fingerprint()
+    fp16 = build_teacher(HFTeacherConfig(model="minilm", dtype="float16"), device="cpu").fingerprint()
+    assert (cpu["dtype"], gpu["dtype"], fp16["dtype"]) == ("float32", "auto-cuda", "float16")
+    explicit = build_teacher(HFTeacherConfig(model="minilm", dtype="float32"), device="cpu").fingerprint()
+    assert explicit == cpu  # auto on CPU is fp32: the same vectors, the same cache
+    from armada_ray.config import load_config
+    from armada_ray.teachers.base import teacher_fingerprint
+
+    gpu_embed = load_config(None, ["teacher={kind: hf, model: minilm}", "embed.num_gpus_per_actor=1"])
+    assert teacher_fingerprint(gpu_embed.teacher, device=gpu_embed.embed.teacher_device)["dtype"] == "auto-cuda"
 
 
 def test_hf_pooling_variants_and_layers() -> None:

@@ -86,7 +86,7 @@ def test_sweep_reads_one_cache_and_lands_in_mlflow_as_parent_with_children(tmp_p
 
     cfg = load_config(JOBS / "demo.yaml", [f"paths.work_dir={tmp_path}", *SMALL, "server.port=0",
                                             "tune.include_baseline=true",
-                                            "tune.seeds=[42, 43]"])  # the demo runs 3; 2 keep this test short
+                                            "tune.seeds=[42, 43]"])  # the demo's seeds
     server = start_server_in_thread(cfg.server)
     try:
         cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"endpoint": server.url})})

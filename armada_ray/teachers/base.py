@@ -176,6 +176,15 @@ def resolve_dtype(name: str, device: str) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def dtype_tag(name: str, device: str) -> str:
+    """The compute dtype of a local teacher's vectors, for its fingerprint (issue 15: CPU fp32 and GPU half-precision
+    vectors must not share one cache). ``auto`` on a GPU is bf16 where supported, else fp16: a driver without a
+    GPU cannot tell which, so it is recorded as ``auto-cuda``."""
+    if name != "auto":
+        return name
+    return "auto-cuda" if str(device).startswith("cuda") else "float32"
+
+
 def default_device() -> str:
     import torch
 
@@ -205,9 +214,10 @@ def build_teacher(cfg_teacher: Any, limiter: Any = None, device: str | None = No
     raise ValueError(f"unknown teacher kind {kind!r} (allowed: hf, diffusion, http)")
 
 
-def teacher_fingerprint(cfg_teacher: Any) -> dict[str, Any]:
-    """The fingerprint of a teacher config, without loading any weights or contacting any endpoint."""
-    return build_teacher(cfg_teacher).fingerprint()
+def teacher_fingerprint(cfg_teacher: Any, device: str | None = None) -> dict[str, Any]:
+    """The fingerprint of a teacher config, without loading any weights or contacting any endpoint; ``device``:
+    where the vectors are computed (the embed actors'; see ``EmbedConfig.teacher_device``)."""
+    return build_teacher(cfg_teacher, device=device).fingerprint()
 
 
 def finite_or_none(x: float) -> float | None:

@@ -37,6 +37,7 @@ from armada_ray.teachers.base import (
     LocalTeacher,
     TeacherError,
     default_device,
+    dtype_tag,
     resolve_dtype,
 )
 from armada_ray.teachers.hf import folder_digest
@@ -149,6 +150,7 @@ class DiffusionTeacher(LocalTeacher):
                 "guidance_scale": c.guidance_scale,
                 "seed": c.seed,
                 "prompt_template": c.prompt_template,
+                "dtype": dtype_tag(c.dtype, self.device),
                 "dim": self.dim,
             }
         return dict(self._fp)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from armada_ray.teachers.base import FINGERPRINT_VERSION, LocalTeacher, default_device, resolve_dtype
+from armada_ray.teachers.base import FINGERPRINT_VERSION, LocalTeacher, default_device, dtype_tag, resolve_dtype
 
 _DIGESTS: dict[tuple[str, float, int], str] = {}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -108,6 +108,7 @@ class HFTeacher(LocalTeacher):
                 "normalize": c.normalize,
                 "max_length": c.max_length,
                 "prompt_template": c.prompt_template,
+                "dtype": dtype_tag(c.dtype, self.device),
                 "dim": self.dim,
             }
         return dict(self._fp)
