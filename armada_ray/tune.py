@@ -107,6 +107,26 @@ def _trial_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id
     trainer.fit()
 
 
+def _console_callbacks() -> list[Any]:
+    """Tune's per-trial result/completion lines only with --verbose: every trial prints its own epoch lines.
+
+    Without it, Tune's default ``TrialProgressCallback`` prints "Trial ... completed. Last result: ..." at every
+    verbosity for trials that report nothing (the comparison's runs); passing a subclass replaces the default.
+    Errors are still printed."""
+    if console.verbose():
+        return []
+    from ray.tune.progress_reporter import TrialProgressCallback
+
+    class QuietTrialProgress(TrialProgressCallback):
+        def on_trial_result(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def on_trial_complete(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    return [QuietTrialProgress()]
+
+
 def _scheduler(cfg: ArmadaConfig) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -153,7 +173,8 @@ def run_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> tuple[Any, Path]:
                 search_alg=_searcher(cfg),
             ),
             # trial tables only with --verbose: every trial prints its own epoch lines
-            run_config=tune.RunConfig(name=sweep_name, storage_path=str(storage), verbose=console.tune_verbosity()),
+            run_config=tune.RunConfig(name=sweep_name, storage_path=str(storage), verbose=console.tune_verbosity(),
+                                      callbacks=_console_callbacks()),
         )
     return tuner.fit(), sweep_dir
 
@@ -300,7 +321,7 @@ def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dic
             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent_trials),
             run_config=tune.RunConfig(name=f"{Path(cfg.run_name or 'sweep').name}-comparison",
                                       storage_path=str(cfg.work_dir / "runs" / cfg.experiment),
-                                      verbose=console.tune_verbosity()),
+                                      verbose=console.tune_verbosity(), callbacks=_console_callbacks()),
         ).fit()
     for run in todo:
         summary = cfg.work_dir / "runs" / cfg.experiment / run["name"] / "summary.json"

@@ -184,6 +184,31 @@ def test_regression_and_generative_file_tasks(tmp_path):
     assert data.spec.kind == "generative" and data.train[0].answer.isdigit()
 
 
+def test_a_hub_dataset_with_the_same_column_mapping(tmp_path):
+    """task.hub through the real `datasets.load_dataset`, on a dataset folder in the Hub's Parquet layout written
+    here (no network: the same call a cluster makes with an id like owner/name). The label column's ClassLabel
+    names become task.labels; its missing validation split is carved from train."""
+    import datasets
+
+    feats = datasets.Features({"review": datasets.Value("string"), "stars": datasets.ClassLabel(names=["neg", "pos"])})
+    def split(rows: list[dict]) -> datasets.Dataset:
+        return datasets.Dataset.from_dict({"review": [r["text"] for r in rows],
+                                           "stars": [int(r["label"] == "pos") for r in rows]}, features=feats)
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    split(_rows(40)).to_parquet(tmp_path / "ds" / "data" / "train-00000-of-00001.parquet")
+    split(_rows(12, offset=100)).to_parquet(tmp_path / "ds" / "data" / "test-00000-of-00001.parquet")
+    cfg = load_config(None, ["task.name=files", "task.text_fields=[review]", "task.label_field=stars",
+                             f"task.hub={{path: {tmp_path / 'ds'}}}"])
+    data = load_task(cfg.task)
+    assert data.spec.labels == ["neg", "pos"]
+    assert len(data.test) == 12 and len(data.train) + len(data.dev) == 40 and len(data.dev) >= 1
+    ex = data.test[0]
+    assert ex.fields["review"].startswith("review 100") and data.spec.labels[ex.label] == "neg"
+    with pytest.raises(ConfigError, match=r"task.hub.splits.train='training': the dataset has splits"):
+        load_task(load_config(None, ["task.name=files", "task.text_fields=[review]", "task.label_field=stars",
+                                     f"task.hub={{path: {tmp_path / 'ds'}, splits: {{train: training}}}}"]).task)
+
+
 def test_armada_tasks_lists_the_file_task():
     out = subprocess.run([sys.executable, "-m", "armada_ray.cli", "tasks"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)

@@ -76,3 +76,40 @@ def test_ci_sized_study_produces_every_cell_finite(tmp_path):
     assert result["per_run_overhead_s"] is not None
     report = Path(result["report_dir"])
     assert (report / "report.md").read_text().count("| ") > 10 and (report / "report.json").exists()
+
+
+_BEST_EPOCH_SCRIPT = """
+import json, os, warnings
+warnings.filterwarnings("ignore")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from armada_ray.config import load_config
+from armada_ray.train import ops
+from armada_ray.train.loop import ArmadaWorker
+from armada_ray.train.session import LocalSession
+ops.use_extensions_dir()
+common = ["task.name=pang_lee_polarity", "task.max_train=24", "task.max_dev=16", "task.max_test=16",
+          "student.model=tiny-llama", "student.lora.layers_to_transform=null", "student.max_length=32",
+          "tracking.enabled=false", "loss.mode=baseline", "train.epochs=3", "train.lr=0.003", "run_name=t"]
+session = LocalSession.create("cpu", quiet=True)
+out = {}
+for zero in (2, 3):
+    w = ArmadaWorker(load_config("jobs/demo.yaml", common + [f"train.zero_stage={zero}"]), session,
+                     parent_run_id=None, eval_test=True)
+    w.run()
+    out[zero] = {k: w.state.get(k) for k in ("best_epoch", "best_dev_metric", "test_at_best_dev")}
+    out[zero]["dev"] = [h["dev_metric"] for h in w.state["history"]]
+print(json.dumps(out))
+"""
+
+
+def test_test_at_best_dev_is_the_best_epochs_weights_scored_once():
+    """ZeRO-2 keeps the best epoch's trained weights and scores test once at the end (swapping them in when a later
+    epoch was worse); ZeRO-3 scores test at each new best epoch. Same data, seed and steps: the same figure.
+    (Seed 42, lr 0.003, 3 epochs of the tiny student: its best dev epoch is epoch 2, so the swap is exercised.)"""
+    got = subprocess.run([sys.executable, "-c", _BEST_EPOCH_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert got.returncode == 0, got.stderr[-3000:]
+    res = json.loads(got.stdout.strip().splitlines()[-1])
+    z2, z3 = res["2"], res["3"]
+    assert z2 == z3, res
+    assert z2["best_epoch"] < 3 and max(z2["dev"]) == z2["best_dev_metric"] and z2["test_at_best_dev"] is not None

@@ -129,3 +129,27 @@ def test_sweep_reads_one_cache_and_lands_in_mlflow_as_parent_with_children(tmp_p
     assert "plots/sweep_parallel_coordinates.png" in parent_artifacts
     versions = client.search_model_versions(f"name = '{cfg.experiment}-{cfg.task.name}'")
     assert len(versions) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # 2 one-epoch trials + the baseline's own 2-trial sweep, tiny student: ~3 min here
+def test_a_shared_search_path_gives_the_baseline_a_sweep_of_its_own_with_the_same_budget(tmp_path, ray_local):
+    """Issue 12 item 4: train.lr is shared by both arms, so the undistilled baseline is not one run at the config's
+    lr against the best of N ARMADA trials: it gets its own sweep of tune.num_samples over train.lr, and its best
+    config on dev is what the sweep reports as the baseline."""
+    from armada_ray.embed import run_embed
+    from armada_ray.tune import run_tune
+
+    cfg = load_config(JOBS / "demo.yaml", [
+        f"paths.work_dir={tmp_path}", *SMALL, "train.epochs=1", "tune.scheduler=fifo", "tune.seeds=[]",
+        "teacher={kind: hf, model: minilm, stand_in: true}", "tracking.register_model=false",
+        "tune.search_space={train.lr: {type: grid, values: [0.0001, 0.003]}, loss.alpha: {type: choice, values: [0.5]}}",
+        "tune.num_samples=1", "tune.include_baseline=true"])
+    run_embed(cfg)
+    result = run_tune(cfg)
+    assert result["trials"] == 2  # the grid's 2 lr values x num_samples 1
+    assert set(result["baseline_params"]) == {"train.lr"}  # only the shared path, not loss.alpha
+    assert result["baseline_params"]["train.lr"] in (0.0001, 0.003)
+    baseline_trials = sorted(Path(result["sweep_dir"]).parent.glob(f"{Path(result['sweep_dir']).name}-baseline/trial-*"))
+    assert len(baseline_trials) == 2  # the same budget: a trial per lr value
+    assert result["baseline_dev_metric"] is not None and result["baseline_checkpoint"]
