@@ -75,7 +75,15 @@ def test_kuberay_manifests(name, kind):
     assert svc["metadata"]["name"] == "mlflow" and svc["spec"]["ports"][0]["port"] == 5000
     assert dep["spec"]["template"]["metadata"]["labels"] == svc["spec"]["selector"]
     assert "server" in dep["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert by_kind["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    pvcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert pvcs["armada-shared"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    # MLflow's SQLite store on a volume of its own, one writer (SQLite locking over NFS is unreliable; issue 15)
+    assert pvcs["mlflow-db"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--workers=1" in args and "--backend-store-uri=sqlite:////mnt/mlflow-db/mlflow.db" in args
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    mounts = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert mounts["mlflow-db"]["persistentVolumeClaim"]["claimName"] == "mlflow-db"
     if kind == "RayCluster":
         _check_ray_cluster_spec(ray_obj["spec"])
     else:
