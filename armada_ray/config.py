@@ -482,11 +482,6 @@ class TrackingConfig(_Section):
 class EmbedConfig(_Section):
     concurrency: int = Field(2, ge=1, description="Actors in the teacher pool.")
     num_gpus_per_actor: float = Field(0.0, ge=0)
-
-    @property
-    def teacher_device(self) -> str:
-        """Where a local teacher's vectors are computed: a GPU when its actors ask for one (their fingerprint)."""
-        return "cuda" if self.num_gpus_per_actor > 0 else "cpu"
     batch_size: int = Field(32, ge=1, description="Rows per map_batches call.")
     max_chars: int = Field(20000, ge=1, description="Longer prompts are quarantined as over-long.")
     flush_every_s: float = Field(
@@ -495,6 +490,11 @@ class EmbedConfig(_Section):
     journal_wait_s: float = Field(
         15.0, ge=0, description="At start, wait this long for the actors of a just-killed run to release their "
                                 "journals, so their answers are reused rather than asked again.")
+
+    @property
+    def teacher_device(self) -> str:
+        """Where a local teacher's vectors are computed: a GPU when its actors ask for one (their fingerprint)."""
+        return "cuda" if self.num_gpus_per_actor > 0 else "cpu"
 
 
 class ServerConfig(_Section):

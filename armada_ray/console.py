@@ -5,7 +5,7 @@ Ray's and the libraries' chatter in Ray's log files: Ray Data's execution notice
 WARNING through ``RAY_DATA_LOGGING_CONFIG``; ``ray-data.log`` keeps them), Tune's trial tables,
 Ray Train's resource/worker-group INFO lines (``LoggingConfig``), ``FutureWarning``/``UserWarning`` from
 transformers and friends, MLflow's store set-up notices. ``armada --verbose`` (or ``ARMADA_VERBOSE=1``) shows
-everything, as before. Ray's C++ notices reach the console through its log forwarding only, where two known
+everything, as before. Ray's C++ notices reach the console through its log forwarding only, where the known
 ones are skipped (:data:`RAY_DEDUP_SKIP`); ``RAY_BACKEND_LOG_LEVEL`` is not used: it would also empty Ray's
 own log files. The driver's own core worker writes one such notice straight to stderr when Ray Data starts
 its teacher actors; it stays.

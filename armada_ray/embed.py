@@ -311,10 +311,10 @@ def embed_prompts(cfg: ArmadaConfig, rows: list[dict[str, str]], *, log: Callabl
         limiter_actor = None
         kwargs: dict[str, Any] = {"teacher_cfg": cfg.teacher.model_dump(mode="json"), "dim": cache.dim,
                                   "max_chars": max_chars, "journal_dir": str(cache.path)}
-        if not is_http:  # the device its fingerprint (dtype) was computed for
-            kwargs["device"] = cfg.embed.teacher_device
         if is_http:
             limiter_actor, kwargs["limiter"] = make_ray_limiter(cfg.teacher, name=f"armada-limiter-{uuid.uuid4().hex[:8]}")
+        else:  # the device its fingerprint (dtype) was computed for
+            kwargs["device"] = cfg.embed.teacher_device
         predictor = AsyncTeacherPredictor if is_http else TeacherPredictor
         bs = cfg.embed.batch_size
         # about one batch per block: outputs stream back batch by batch, so shards follow the work closely

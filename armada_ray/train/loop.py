@@ -621,8 +621,6 @@ class ArmadaWorker:
         if improved:  # a best epoch that is not the last: keep its weights, score later
             self._best_trained = {n: p.detach().to("cpu", copy=True) for n, p in trained.items()}
             return
-        if self._best_trained is None:  # resumed after the best epoch: its score is in the checkpoint's state
-            return
         current = {n: p.detach().to("cpu", copy=True) for n, p in trained.items()}
         with torch.no_grad():
             for n, p in trained.items():
