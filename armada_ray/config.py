@@ -41,6 +41,15 @@ def _absolute(path: Path | None) -> Path | None:
 AbsPath = Annotated[Path, AfterValidator(_absolute)]
 
 
+def _storage(value: str | None) -> str | None:
+    """A URI (``s3://bucket/prefix``, ``gs://...``, ``file:///...``) as given; a local folder made absolute."""
+    if value is None or "://" in value:
+        if value is not None and not value.split("://", 1)[1].strip("/"):
+            raise ValueError(f"{value!r} names no bucket or folder")
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
 def _numeric(annotation: Any) -> bool:
     """True for an int/float field (optionally | None) that does not also accept a bool."""
     import types
@@ -82,6 +91,9 @@ class _BoolGiven:
 class PathsConfig(_Section):
     work_dir: AbsPath = Field(Path("./armada_runs"), validate_default=True,
                               description="Root of cache, runs and the embedded MLflow store (made absolute on load).")
+    storage: Annotated[str | None, AfterValidator(_storage)] = Field(
+        None, description="Where Ray Train keeps checkpoints: a folder or a pyarrow URI (s3://bucket/prefix, gs://..., "
+                          "hdfs://...), shared by every node; default <work_dir>/runs. work_dir keeps everything else.")
 
 
 class _TeacherBase(_Section):
@@ -293,8 +305,11 @@ class StudentConfig(_Section):
     model: str = Field("smollm2-135m", description="Hub id, local folder, or alias: smollm2-135m, minilm, tiny-llama.")
     revision: str | None = None
     kind: Literal["auto", "encoder", "decoder"] = "auto"
-    pooling: Literal["auto", "cls", "pooler", "last", "first"] = Field(
-        "auto", description="auto = pooler/[CLS] for encoders, last non-padding token for decoders."
+    pooling: Literal["auto", "context", "cls", "pooler", "last", "first"] = Field(
+        "auto", description="Encoders: context = a trainable ContextPooler (dense + activation over [CLS], as "
+                            "DebertaV2ForSequenceClassification), pooler = the model's pooler_output, cls = the raw "
+                            "first token. Decoders: last / first non-padding token. auto = context for DeBERTa(-v2), "
+                            "pooler (else cls) for other encoders, last for decoders."
     )
     max_length: int = Field(128, ge=8, le=32768)
     input: Literal["fields", "teacher_prompt"] = Field(
@@ -538,7 +553,8 @@ class ExportConfig(_Section):
 
 class EvalConfig(_Section):
     split: Literal["dev", "test"] = "dev"
-    checkpoint: AbsPath | None = Field(None, description="A checkpoint or export folder (default: the run's best).")
+    checkpoint: Annotated[str | None, AfterValidator(_storage)] = Field(
+        None, description="A checkpoint or export folder, or a checkpoint's storage URI (default: the run's best).")
     max_new_tokens: int = Field(
         32, ge=1, le=4096, description="Generative tasks: tokens generated per answer (greedy), in dev eval too."
     )

@@ -83,7 +83,7 @@ def _probe(cfg: ArmadaConfig) -> dict[str, Any] | None:
 def _eval_and_export(cfg: ArmadaConfig, sweep: dict[str, Any], summary: dict[str, Any]) -> None:
     from pathlib import Path
 
-    from armada_ray.evaluate import evaluate_checkpoint
+    from armada_ray.evaluate import evaluate_on_cluster
 
     rows = {}
     best_label = f"ARMADA best ({sweep['best_trial'].split('/')[-1]}, export)"
@@ -93,7 +93,7 @@ def _eval_and_export(cfg: ArmadaConfig, sweep: dict[str, Any], summary: dict[str
     for label, ckpt, dev in runs:
         if not ckpt:
             continue
-        res, dt = _timed(f"eval on test: {label}", lambda ckpt=ckpt: evaluate_checkpoint(cfg, Path(ckpt), "test"))
+        res, dt = _timed(f"eval on test: {label}", lambda ckpt=ckpt: evaluate_on_cluster(cfg, Path(ckpt), "test"))
         rows[label] = {"dev": dev, "test": res["metric_value"], "metric": res["metric"],
                        "predictions": res["predictions"], "eval_s": round(dt, 1)}
     summary["results"] = rows

@@ -12,10 +12,12 @@ from armada_ray.config import ArmadaConfig, ConfigError
 from armada_ray.export import best_checkpoint_of, checkpoint_config, load_checkpoint_student
 
 
-def load_for_eval(path: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(student, tokenizer, task facts) from an export folder or a training checkpoint."""
+def load_for_eval(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(student, tokenizer, task facts) from an export folder or a training checkpoint (a folder or storage URI)."""
     from armada_ray.model import load_student_export
+    from armada_ray.train.checkpoint import local_checkpoint
 
+    path = local_checkpoint(path)
     if (path / "armada_student.json").is_file():
         student, tokenizer = load_student_export(path)
         _, task = checkpoint_config(path)
@@ -35,8 +37,10 @@ def predict(student: Any, tokenizer: Any, prompts: list[str], max_length: int, r
     for i in range(0, len(prompts), batch_size):
         enc = encode_texts(tokenizer, prompts[i:i + batch_size], None if pairs is None else pairs[i:i + batch_size],
                            max_length, padding=True)
-        out = student(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                      token_type_ids=enc.get("token_type_ids") if pairs is not None else None)
+        device = next(student.parameters()).device
+        tt = enc.get("token_type_ids") if pairs is not None else None
+        out = student(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
+                      token_type_ids=tt.to(device) if tt is not None else None)
         s1 = out.s1.float()
         preds += s1.squeeze(-1).tolist() if regression else s1.argmax(-1).tolist()
     return preds
@@ -53,12 +57,18 @@ def generate_answers(student: Any, tokenizer: Any, prompts: list[str], max_new_t
     return [t.strip() for t in texts]
 
 
-def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_dir: Path | None = None) -> dict[str, Any]:
-    """Metrics of ``path`` on ``split`` of ``cfg.task``; predictions land in ``predictions-<split>.jsonl``."""
+def evaluate_checkpoint(cfg: ArmadaConfig, path: str | Path, split: str = "dev", out_dir: Path | None = None
+                        ) -> dict[str, Any]:
+    """Metrics of ``path`` on ``split`` of ``cfg.task``; predictions land in ``predictions-<split>.jsonl`` beside the
+    checkpoint (a local copy of it, for a storage URI)."""
     from armada_ray.tasks import compute_metrics, load_task
+    from armada_ray.train.checkpoint import local_checkpoint
 
-    path = Path(path)
+    source = str(path)
+    path = local_checkpoint(path)
     student, tokenizer, task = load_for_eval(path)
+    if torch.cuda.is_available():  # a Ray task given a GPU sees exactly that one
+        student = student.to("cuda")
     data = load_task(cfg.task)
     spec = data.spec
     regression = spec.kind == "regression"
@@ -94,7 +104,7 @@ def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_d
                 row = {"uid": ex.uid, "prediction": spec.labels[int(p)], "reference": spec.labels[int(ref)],
                        "prediction_id": int(p), "reference_id": int(ref)}
             f.write(json.dumps(row) + "\n")
-    result = {"checkpoint": str(path), "task": cfg.task.name, "split": split, "rows": len(rows),
+    result = {"checkpoint": source, "task": cfg.task.name, "split": split, "rows": len(rows),
               "metric": spec.metric, "metric_value": float(metrics[spec.metric]),
               "metrics": {k: float(v) for k, v in metrics.items()}, "predictions": str(out_file)}
     (out_dir / f"eval-{split}.json").write_text(json.dumps(result, indent=2))
@@ -103,14 +113,23 @@ def evaluate_checkpoint(cfg: ArmadaConfig, path: Path, split: str = "dev", out_d
     return result
 
 
+def evaluate_on_cluster(cfg: ArmadaConfig, path: str | Path, split: str = "dev") -> dict[str, Any]:
+    """:func:`evaluate_checkpoint` as a Ray task with one training rank's resources (its GPU when the student
+    trains on one), not in the driver: a cluster's head has neither the GPU nor the memory of a worker (issue 15)."""
+    from armada_ray.ray_utils import run_with_student_resources
+
+    return run_with_student_resources(cfg, evaluate_checkpoint, cfg, str(path), split)
+
+
 def run_eval(cfg: ArmadaConfig) -> dict[str, Any]:
     """``armada eval``: score, write predictions, and record the evaluation as an MLflow run."""
     from armada_ray.tracking import RunTracker, standard_tags
 
     path = cfg.eval.checkpoint or best_checkpoint_of(cfg)
-    result = evaluate_checkpoint(cfg, Path(path), cfg.eval.split)
+    checkpoint_config(path)  # a folder that is not a checkpoint is refused here, before Ray starts
+    result = evaluate_on_cluster(cfg, path, cfg.eval.split)
     tracker = RunTracker.start(cfg, run_name=f"eval-{cfg.task.name}-{cfg.eval.split}", kind="eval",
-                               tags=standard_tags(cfg, None), local_dir=Path(path))
+                               tags=standard_tags(cfg, None), local_dir=Path(result["predictions"]).parent)
     tracker.log_params({"eval.checkpoint": str(path), "eval.split": cfg.eval.split, "task.name": cfg.task.name})
     tracker.log_metrics({f"{cfg.eval.split}_{k}": v for k, v in result["metrics"].items()}, step=0)
     tracker.log_artifact(result["predictions"])
@@ -118,4 +137,4 @@ def run_eval(cfg: ArmadaConfig) -> dict[str, Any]:
     return {**result, "mlflow_run_id": tracker.run_id, "mlflow_url": tracker.url}
 
 
-__all__ = ["evaluate_checkpoint", "generate_answers", "load_for_eval", "predict", "run_eval"]
+__all__ = ["evaluate_checkpoint", "evaluate_on_cluster", "generate_answers", "load_for_eval", "predict", "run_eval"]

@@ -19,12 +19,13 @@ import yaml
 
 from armada_ray import console
 from armada_ray.config import ArmadaConfig, ConfigError, build_config
+from armada_ray.train import checkpoint as ckpt_store
+from armada_ray.train.checkpoint import CKPT_TAG
 
-CKPT_TAG = "state"
 
-
-def checkpoint_config(ckpt: Path) -> tuple[ArmadaConfig, dict[str, Any]]:
-    """The resolved config and task facts stored in a checkpoint (or an export)."""
+def checkpoint_config(ckpt: str | Path) -> tuple[ArmadaConfig, dict[str, Any]]:
+    """The resolved config and task facts stored in a checkpoint (or an export); a storage URI is copied here first."""
+    ckpt = ckpt_store.local_checkpoint(ckpt)
     if not (ckpt / "config.yaml").is_file() or not (ckpt / "task.json").is_file():
         raise ConfigError(f"{ckpt}: not an armada-ray checkpoint or export (config.yaml/task.json missing)")
     return build_config(yaml.safe_load((ckpt / "config.yaml").read_text())), json.loads((ckpt / "task.json").read_text())
@@ -40,13 +41,15 @@ def _quiet_unless_verbose() -> Iterator[None]:
         yield
 
 
-def load_checkpoint_student(ckpt: Path) -> tuple[Any, Any, ArmadaConfig, dict[str, Any], Any]:
-    """(student, tokenizer, config, task facts, aligner or None) from a training checkpoint folder."""
+def load_checkpoint_student(ckpt: str | Path) -> tuple[Any, Any, ArmadaConfig, dict[str, Any], Any]:
+    """(student, tokenizer, config, task facts, aligner or None) from a training checkpoint (a folder, or a storage
+    URI such as ``s3://…/checkpoint_000001``, copied to a local folder first: DeepSpeed's reader needs one)."""
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from armada_ray.model import build_aligner, build_student
 
+    ckpt = ckpt_store.local_checkpoint(ckpt)
     cfg, task = checkpoint_config(ckpt)
     student, tokenizer = build_student(cfg.student, num_classes=task["num_classes"], proj_dim=cfg.aligner.proj_dim,
                                        task_kind=task["kind"])
@@ -67,11 +70,12 @@ def load_checkpoint_student(ckpt: Path) -> tuple[Any, Any, ArmadaConfig, dict[st
     return student.eval(), tokenizer, cfg, task, aligner
 
 
-def export_checkpoint(ckpt: Path, out_dir: Path, merge: bool = True) -> dict[str, Any]:
+def export_checkpoint(ckpt: str | Path, out_dir: Path, merge: bool = True) -> dict[str, Any]:
     """Write ``out_dir``: HF backbone (merged or adapter) + heads + tokenizer, ``aligner/``, config and task."""
     from armada_ray.model import save_aligner
 
-    ckpt, out_dir = Path(ckpt), Path(out_dir)
+    source = str(ckpt)
+    ckpt, out_dir = ckpt_store.local_checkpoint(ckpt), Path(out_dir)
     student, tokenizer, cfg, task, aligner = load_checkpoint_student(ckpt)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -81,13 +85,13 @@ def export_checkpoint(ckpt: Path, out_dir: Path, merge: bool = True) -> dict[str
     for name in ("config.yaml", "task.json", "metrics.json"):
         if (ckpt / name).exists():
             shutil.copy(ckpt / name, out_dir / name)
-    print(f"[armada] exported {ckpt} -> {out_dir} ({'LoRA merged' if merge and student.is_lora else 'adapter' if student.is_lora else 'full weights'})",
+    print(f"[armada] exported {source} -> {out_dir} ({'LoRA merged' if merge and student.is_lora else 'adapter' if student.is_lora else 'full weights'})",
           flush=True)
-    return {"export_dir": str(out_dir), "checkpoint": str(ckpt), "merged": bool(merge and student.is_lora),
+    return {"export_dir": str(out_dir), "checkpoint": source, "merged": bool(merge and student.is_lora),
             "adapter": bool(student.is_lora and not merge), "aligner": aligner is not None}
 
 
-def best_checkpoint_of(cfg: ArmadaConfig) -> Path:
+def best_checkpoint_of(cfg: ArmadaConfig) -> str:
     """The best checkpoint of the run named by ``run_name`` (default: the latest run of the experiment)."""
     exp_dir = cfg.work_dir / "runs" / cfg.experiment
     if cfg.run_name:
@@ -97,13 +101,22 @@ def best_checkpoint_of(cfg: ArmadaConfig) -> Path:
     for summary in reversed(candidates):
         if summary.is_file():
             best = json.loads(summary.read_text()).get("best_checkpoint")
-            if best and Path(best).is_dir():
-                return Path(best)
+            if best and ckpt_store.exists(best):
+                return best
     raise ConfigError(f"no finished run with a checkpoint under {exp_dir}; run `armada train` first or set "
                       "eval.checkpoint=<folder>")
 
 
+def export_on_cluster(cfg: ArmadaConfig, ckpt: str | Path, out_dir: Path) -> dict[str, Any]:
+    """:func:`export_checkpoint` as a Ray task with one training rank's resources, not in the driver (issue 15:
+    an 8B export needs ≥ 45 GB of host memory, more than a cluster head has)."""
+    from armada_ray.ray_utils import run_with_student_resources
+
+    return run_with_student_resources(cfg, export_checkpoint, str(ckpt), Path(out_dir), merge=cfg.export.merge)
+
+
 def run_export(cfg: ArmadaConfig) -> dict[str, Any]:
     ckpt = cfg.eval.checkpoint or best_checkpoint_of(cfg)
-    out = cfg.export.dir or (cfg.work_dir / "exports" / cfg.experiment / (cfg.run_name or Path(ckpt).parents[2].name))
-    return export_checkpoint(Path(ckpt), Path(out), merge=cfg.export.merge)
+    out = cfg.export.dir or (cfg.work_dir / "exports" / cfg.experiment / (cfg.run_name or ckpt_store.run_name_of(ckpt)))
+    checkpoint_config(ckpt)  # a folder that is not a checkpoint is refused here, before Ray starts
+    return export_on_cluster(cfg, ckpt, Path(out))

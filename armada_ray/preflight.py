@@ -341,7 +341,7 @@ def student_memory(cfg: ArmadaConfig, available_gib: float, device: str) -> Any:
     from armada_ray.tasks import task_spec
     from armada_ray.train import memory
 
-    shape = memory.model_shape(resolve_model_path(cfg.student.model, cfg.student.revision),
+    shape = memory.model_shape(resolve_model_path(cfg.student.model, cfg.student.revision, field="student.model"),
                                causal_lm=task_spec(cfg.task).kind == "generative")
     return memory.estimate_for_config(cfg, shape, available_gib, device)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 
 def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -108,3 +108,45 @@ def unwrap_ray_error(exc: BaseException) -> BaseException:
             nxt = cur.__cause__ or cur.__context__
         cur = nxt
     return best
+
+
+def run_with_student_resources(cfg: Any, fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
+                               ) -> dict[str, Any]:
+    """``fn(*args, **kwargs)`` as a Ray task holding one training rank's resources (``scaling.cpus_per_worker``,
+    a whole GPU with ``scaling.use_gpu``), in the training workers' environment; returns its result dict with
+    ``ran_in`` (node id, pid, GPU ids of the task) added.
+
+    ``armada eval`` and ``armada export`` run here instead of in the driver: on a cluster the driver is the head
+    (no GPU, a few GiB), while an 8B export holds the model, its consolidated state dict and a merged copy
+    (issue 15). Errors come back as the task's own exception (a ConfigError stays a ConfigError).
+    """
+    import ray
+
+    from armada_ray.train.trainer import worker_env
+
+    ensure_ray(runtime_env={"env_vars": worker_env(cfg)})  # the job's env: every task and worker gets it
+    gpus = cfg.scaling.gpus_per_worker if cfg.scaling.use_gpu else 0
+    task = ray.remote(num_cpus=cfg.scaling.cpus_per_worker, num_gpus=gpus, max_retries=0)(_call_in_task)
+    try:
+        result, printed = ray.get(task.remote(fn, args, kwargs))
+    except ray.exceptions.RayTaskError as exc:
+        raise unwrap_ray_error(exc) from None
+    print(printed, end="", flush=True)
+    return result
+
+
+def _call_in_task(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+                  ) -> tuple[dict[str, Any], str]:
+    """Run ``fn`` and hand back (its result with ``ran_in``, what it printed). The driver prints those lines
+    itself: Ray forwards a task's stdout asynchronously, so they could land after a ``--json`` line."""
+    import contextlib
+    import io
+
+    import ray
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = fn(*args, **kwargs)
+    where = {"ray_task": True, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+             "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    return {**result, "ran_in": where}, out.getvalue()

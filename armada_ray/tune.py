@@ -19,6 +19,7 @@ from typing import Any
 
 from armada_ray import console
 from armada_ray.config import ArmadaConfig, ConfigError, apply_overrides, build_config, save_config
+from armada_ray.train import checkpoint as ckpt
 
 # Metrics the training loop reports every epoch (plus dev_<name> for each of the task's metrics).
 REPORTED_METRICS = {"dev_metric", "best_dev_metric", "train_loss", "first_step_loss", "samples_per_s", "epoch",
@@ -101,7 +102,8 @@ def _trial_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.run_dir)
     (cfg.run_dir / "trial.json").write_text(json.dumps({"trial_id": trial_id, "params": params,
-                                                         "run_name": cfg.run_name}))
+                                                         "run_name": cfg.run_name,
+                                                         "checkpoint_storage": ckpt.run_storage(cfg)}))
     trainer = build_trainer(cfg, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()],
                             name=f"trial-{trial_id}")
     trainer.fit()
@@ -181,12 +183,10 @@ def run_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> tuple[Any, Path]:
 
 def collect_trials(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every trial of a sweep with its params and best checkpoint, read from the trials' own folders."""
-    from armada_ray.train.trainer import checkpoints_on_disk
-
     trials = []
     for info in sorted(sweep_dir.glob("trial-*/trial.json")):
         trial = json.loads(info.read_text())
-        ckpts = checkpoints_on_disk(info.parent)
+        ckpts = ckpt.list_checkpoints(trial.get("checkpoint_storage") or str(info.parent / "ray"))
         trial["epochs"] = max((m.get("epoch", 0) for _, m in ckpts), default=0)
         scored = [(p, m) for p, m in ckpts if m.get("dev_metric") is not None]
         best = max(scored, key=lambda pm: pm[1]["dev_metric"], default=None)
@@ -194,8 +194,7 @@ def collect_trials(sweep_dir: Path) -> list[dict[str, Any]]:
         trial["best_checkpoint"] = str(best[0]) if best else None
         for key in ("aligner_dev_metric", "probe_dev_metric"):  # the teacher side beside the student
             trial[key] = best[1].get(key) if best else None
-        latest = ckpts[-1][0] / "state.json" if ckpts else None
-        state = json.loads(latest.read_text()) if latest and latest.exists() else {}
+        state = (ckpt.read_json(ckpts[-1][0], "state.json") if ckpts else None) or {}
         trial["mlflow_run_id"] = state.get("mlflow_run_id")
         trial["dev_curve"] = [h.get("dev_metric") for h in state.get("history", [])]
         trials.append(trial)
@@ -292,7 +291,7 @@ def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dic
     comparison goes on with the seeds it has."""
     from ray import tune
 
-    from armada_ray.evaluate import evaluate_checkpoint
+    from armada_ray.evaluate import evaluate_on_cluster
     from armada_ray.report import mean_ci95, paired
 
     base = cfg.model_dump(mode="json")
@@ -307,7 +306,7 @@ def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dic
             name = f"{cfg.run_name}/seed{seed}-{arm}"
             if arm == "armada" and seed == cfg.train.seed and best.get("best_checkpoint"):
                 rcfg = trial_config(base, {**params, "train.seed": seed}, run_name=name)
-                res = evaluate_checkpoint(rcfg, Path(best["best_checkpoint"]), "test")
+                res = evaluate_on_cluster(rcfg, best["best_checkpoint"], "test")
                 runs[arm].append({"seed": seed, "dev": best["best_dev_metric"], "test": res["metric_value"],
                                   "run_name": best["run_name"], "checkpoint": best["best_checkpoint"]})
             else:
@@ -431,7 +430,7 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
     from armada_ray.ray_utils import ensure_ray
     from armada_ray.tasks import task_spec
     from armada_ray.tracking import RunTracker, standard_tags
-    from armada_ray.train.trainer import _worker_env, check_plan, teacher_fingerprint_id
+    from armada_ray.train.trainer import worker_env, check_plan, teacher_fingerprint_id
 
     preflight_if_submitted(cfg, "tune")  # a `ray job submit` entrypoint checks its plan before any work
     cfg = resolve_sweep_name(cfg)
@@ -450,9 +449,9 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
         parent.log_cache_dataset(cache.path / MANIFEST, name=f"teacher-cache-{cache.fingerprint_id}")
     import os
 
-    for k, v in _worker_env(cfg).items():
+    for k, v in worker_env(cfg).items():
         os.environ.setdefault(k, v)
-    ensure_ray(runtime_env={"env_vars": _worker_env(cfg)})
+    ensure_ray(runtime_env={"env_vars": worker_env(cfg)})
     try:
         grid, sweep_dir = run_sweep(cfg, parent.run_id if cfg.tracking.enabled else None)
     except Exception:
@@ -502,17 +501,16 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
     if baseline is not None and "dev_curve" not in baseline:
         history = baseline.get("history") or []
         if not history and baseline.get("best_checkpoint"):
-            state = Path(baseline["best_checkpoint"]) / "state.json"
-            history = json.loads(state.read_text()).get("history", []) if state.exists() else []
+            history = (ckpt.read_json(baseline["best_checkpoint"], "state.json") or {}).get("history", [])
         baseline["dev_curve"] = [h.get("dev_metric") for h in history if h.get("dev_metric") is not None]
     _log_sweep_overview(parent, cfg, trials, best, baseline, comparison, spec.metric)
     _close_child_runs(cfg, trials)
     (sweep_dir / "best_trial.json").write_text(json.dumps(best, indent=2, default=str))
     parent.log_artifact(str(sweep_dir / "best_trial.json"))
-    from armada_ray.export import export_checkpoint
+    from armada_ray.export import export_on_cluster
 
     export_dir = cfg.export.dir or (cfg.work_dir / "exports" / cfg.experiment / cfg.run_name)
-    exported = export_checkpoint(Path(best["best_checkpoint"]), Path(export_dir), merge=cfg.export.merge)
+    exported = export_on_cluster(cfg, best["best_checkpoint"], Path(export_dir))
     version = None
     if cfg.tracking.enabled and cfg.tracking.register_model:
         model_name = cfg.tracking.registered_model_name or f"{cfg.experiment}-{cfg.task.name}"

@@ -47,6 +47,28 @@ def test_out_of_range_value_and_stray_flag_exit_2():
     assert out.returncode == 2
 
 
+def test_unknown_student_model_exits_2_at_once_before_ray(tmp_path):
+    """Issue 13: `student.model=no-such-model` retried the hub for ~29 s, then an OSError traceback. Now one
+    short request (here to a hub that refuses the connection) and a one-line error before the plan and Ray."""
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path)}
+    env.pop("HF_HUB_OFFLINE", None)  # conftest sets both: here the hub is tried, and refuses the connection
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "armada_ray.cli", "train", "--config", "jobs/demo.yaml",
+                          "student.model=no-such-model", f"paths.work_dir={tmp_path}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env=env)
+    took = time.perf_counter() - t0
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("student.model='no-such-model': cannot reach the Hugging Face Hub") and "minilm" in line
+    assert "ConnectError" in line
+    assert "Traceback" not in out.stderr and "Retrying" not in out.stderr
+    assert "[armada] plan:" not in out.stdout and not (tmp_path / "runs").exists()  # refused before the run and Ray
+    assert took < 30, took  # python + torch imports included; the hub check itself is one refused connection
+
+
 def test_tasks_lists_the_registry_as_json():
     out = armada("tasks", "--json")
     assert out.returncode == 0
@@ -59,14 +81,14 @@ def test_library_chatter_stays_off_the_console_unless_verbose(monkeypatch):
     Ray workers get the same choice through their environment."""
     from armada_ray import console
     from armada_ray.config import load_config
-    from armada_ray.train.trainer import _worker_env
+    from armada_ray.train.trainer import worker_env
 
     monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
-    env = _worker_env(load_config(None, []))
+    env = worker_env(load_config(None, []))
     assert env["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"  # Ray Train's print patch printed every worker line twice
     assert "ignore::FutureWarning" in env["PYTHONWARNINGS"] and env["TRANSFORMERS_VERBOSITY"] == "error"
     monkeypatch.setenv(console.VERBOSE_ENV, "1")
-    env = _worker_env(load_config(None, []))
+    env = worker_env(load_config(None, []))
     assert "PYTHONWARNINGS" not in env and env[console.VERBOSE_ENV] == "1" and console.tune_verbosity() == 1
     out = armada("tasks", "--verbose")
     assert out.returncode == 0 and "files" in out.stdout

@@ -98,3 +98,55 @@ def test_offload_engine_starts_and_steps_with_deepspeeds_cpu_adam(monkeypatch):
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     engine.destroy()
+
+
+@pytest.mark.timeout(600)
+def test_zero3_builds_the_student_partitioned_and_it_still_trains(monkeypatch):
+    """Issue 15: under ZeRO-3 the backbone is created inside deepspeed.zero.Init (transformers' HfDeepSpeedConfig),
+    so each parameter is partitioned as it is made instead of every rank materialising the whole model first.
+
+    Checked before deepspeed.initialize (which would partition anything left over): the backbone's parameters are
+    already ZeRO parameters with their full size recorded, and the engine then trains."""
+    import deepspeed
+    import torch
+
+    from armada_ray.config import StudentConfig
+    from armada_ray.model import build_student
+    from armada_ray.model.student import trainable_parameters
+    from armada_ray.train import ops
+    from armada_ray.train.ds_config import load_dtype, zero3_init_context
+    from armada_ray.train.session import init_local_process_group
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    ops.use_extensions_dir()
+    init_local_process_group()
+    ds_cfg = build_ds_config(TrainConfig(zero_stage=3, batch_size=2), ScalingConfig(num_workers=1), on_gpu=False)
+    assert zero3_init_context(build_ds_config(TrainConfig(zero_stage=2), ScalingConfig(), on_gpu=False)) is None
+    assert load_dtype(ds_cfg) is None  # fp32 on CPU; bf16 GPU configs load in bf16
+    assert load_dtype(build_ds_config(TrainConfig(zero_stage=3), ScalingConfig(use_gpu=True), on_gpu=True)) \
+        is torch.bfloat16
+    keep = zero3_init_context(ds_cfg)
+    try:
+        student, tok = build_student(StudentConfig(model="tiny-llama", max_length=16), num_classes=3, proj_dim=8)
+        # the loaded (frozen) base weights; LoRA adapters and heads are made afterwards and partitioned at initialize
+        backbone = [p for n, p in student.named_parameters() if "heads" not in n and "lora_" not in n]
+        assert backbone and all(hasattr(p, "ds_id") for p in backbone)
+        assert sum(p.numel() for p in backbone) < sum(p.ds_numel for p in backbone)  # partitioned, not materialised
+        trainable, total = trainable_parameters(student)
+        assert 0 < trainable < total and total >= sum(p.ds_numel for p in backbone)
+        params = [p for p in student.parameters() if p.requires_grad]
+        engine, _, _, _ = deepspeed.initialize(model=student, optimizer=torch.optim.AdamW(params, lr=1e-2),
+                                               config=ds_cfg)
+        enc = tok(["a short text", "another one"], return_tensors="pt", padding=True)
+        y = torch.tensor([0, 2])
+        losses = []
+        for _ in range(4):
+            loss = torch.nn.functional.cross_entropy(engine(input_ids=enc["input_ids"],
+                                                            attention_mask=enc["attention_mask"]).s1, y)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0]
+        engine.destroy()
+    finally:
+        del keep

@@ -313,6 +313,107 @@ def test_encoder_export_round_trip(tmp_path):
         load_student_export(tmp_path / "nothing")
 
 
+@pytest.fixture(scope="module")
+def tiny_deberta(tmp_path_factory):
+    """A random 2-layer DeBERTa-v2 folder (hidden 32) with MiniLM's WordPiece tokenizer ([CLS] first), no hub."""
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    folder = tmp_path_factory.mktemp("tiny-deberta-v2")
+    tok = hub.load_tokenizer("minilm")
+    config = DebertaV2Config(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, pad_token_id=tok.pad_token_id, pooler_dropout=0.2, pooler_hidden_act="tanh",
+    )
+    torch.manual_seed(0)
+    DebertaV2Model(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def _perturb_pooler(student) -> None:
+    with torch.no_grad():
+        for p in student.context_pooler.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
+
+
+def test_deberta_v2_auto_pooling_is_the_reference_context_pooler(tiny_deberta):
+    """DebertaV2ForSequenceClassification pools with ContextPooler (dropout → dense → pooler_hidden_act over
+    the first token); DeBERTa's AutoModel has no pooler, so auto gives a trainable ContextPooler, and cls stays
+    the raw first token."""
+    from transformers.models.deberta_v2.modeling_deberta_v2 import ContextPooler
+
+    torch.manual_seed(0)
+    student, tok = build_student(_cfg(tiny_deberta, lora=False), num_classes=2, proj_dim=8)
+    assert student.kind == "encoder" and student.pooling == "context"
+    assert type(student.backbone).__name__ == "DebertaV2Model" and isinstance(student.context_pooler, ContextPooler)
+    _perturb_pooler(student)
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    student.eval()
+    with torch.no_grad():
+        out = student(**enc)
+        ref = ContextPooler(student.backbone.config).eval()  # the reference's pooler, built from the model config
+        ref.load_state_dict(student.context_pooler.state_dict())
+        want = ref(student.backbone(**enc).last_hidden_state)
+    assert out.pooled.shape == (3, 32) and out.s1.shape == (3, 2)
+    torch.testing.assert_close(out.pooled, want)
+    # full fine-tuning: the pooler is trainable and gets gradients with the backbone and heads
+    student.train()
+    out = student(**enc)
+    task_loss(out.s1, out.s2, torch.tensor([0, 1, 0])).backward()
+    assert all(p.requires_grad and p.grad is not None and float(p.grad.abs().sum()) > 0
+               for p in student.context_pooler.parameters())
+    assert trainable_parameters(student)[0] == trainable_parameters(student)[1]
+    # cls: the raw first token, no pooler; context is refused for a decoder
+    cls_student, _ = build_student(_cfg(tiny_deberta, lora=False, pooling="cls"), num_classes=2, proj_dim=8)
+    assert cls_student.context_pooler is None
+    with torch.no_grad():
+        cls_out = cls_student.eval()(**enc)
+        torch.testing.assert_close(cls_out.pooled, cls_student.backbone(**enc).last_hidden_state[:, 0])
+    with pytest.raises(ConfigError, match="decoder student has no"):
+        build_student(_cfg("tiny-llama", lora=False, pooling="context"), num_classes=2, proj_dim=8)
+
+
+def test_deberta_v2_context_pooler_trains_under_lora(tiny_deberta):
+    student, tok = build_student(
+        _cfg(tiny_deberta, lora=True, lora_kw={"r": 4, "target_modules": ["query_proj", "value_proj"]}),
+        num_classes=2, proj_dim=8,
+    )
+    assert student.is_lora and student.pooling == "context"
+    names = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or n.startswith(("heads.", "context_pooler.")) for n in names)
+    assert {"context_pooler.dense.weight", "context_pooler.dense.bias"} <= set(names)
+    student.train()
+    out = student(**tok(TEXTS, padding=True, return_tensors="pt"))
+    task_loss(out.s1, out.s2, torch.tensor([0, 1, 0])).backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.context_pooler.parameters())
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_deberta_v2_export_round_trip_restores_the_pooler(tmp_path, tiny_deberta, lora):
+    torch.manual_seed(0)
+    lora_kw = {"r": 4, "target_modules": ["query_proj", "value_proj"]}
+    student, tok = build_student(_cfg(tiny_deberta, lora=lora, lora_kw=lora_kw), num_classes=2, proj_dim=8)
+    _perturb_pooler(student)
+    if lora:
+        _perturb_lora(student)
+    student.eval()
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = student(**enc)
+    out_dir = student.save_pretrained_parts(tmp_path / "export", merge=not lora)  # LoRA: the adapter folder
+    from safetensors.torch import load_file
+
+    saved = set(load_file(out_dir / "armada_heads.safetensors"))
+    assert {"context_pooler.dense.weight", "context_pooler.dense.bias", "s1.weight"} <= saved
+    torch.manual_seed(123)  # a fresh pooler would be initialised differently: equality below means it was loaded
+    back, tok2 = load_student_export(out_dir)
+    assert back.pooling == "context" and back.is_lora == lora
+    with torch.no_grad():
+        after = back(**tok2(TEXTS, padding=True, return_tensors="pt"))
+    for field in ("pooled", "s1", "s2", "p_s"):
+        torch.testing.assert_close(getattr(after, field), getattr(before, field), atol=1e-5, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------- generative
 
 
@@ -402,6 +503,57 @@ def test_aliases_and_passthrough(tmp_path, monkeypatch):
         hub.resolve_model_path("meta-llama/Meta-Llama-3-8B")
     with pytest.raises(ConfigError, match="meta-llama/Meta-Llama-3-8B"):
         build_student(_cfg("meta-llama/Meta-Llama-3-8B", lora=True), num_classes=2, proj_dim=8)
+
+
+def test_wrong_model_name_fails_at_once_naming_the_key(tmp_path, monkeypatch):
+    """Issue 13: `student.model=no-such-model` retried the hub for ~29 s and ended in an OSError traceback. A
+    name that is no alias, no folder and no valid hub id is refused without a request; a valid-looking id gets
+    ONE short HEAD (no retry loop); each ends in a one-line ConfigError naming the key, the value and what is
+    allowed."""
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # conftest sets it before the import
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))  # nothing cached
+    real_head = huggingface_hub.get_hf_file_metadata
+
+    def no_request(*a, **k):
+        raise AssertionError("a malformed name must not reach the hub")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_request)
+    for bad in ("no such model", "a/b/c", "bad--name", "x" * 100):
+        with pytest.raises(hub.ModelUnavailableError) as err:
+            hub.resolve_model_path(bad, field="student.model")
+        line = str(err.value)
+        assert "\n" not in line and line.startswith(f"student.model={bad!r}") and "not a valid hub id" in line
+        assert all(a in line for a in hub.ALIASES) and "local folder" in line
+    # the hub answers "no such repository" (what it says to an anonymous HEAD of a missing model)
+    def missing(url, **kw):
+        from types import SimpleNamespace
+
+        raise RepositoryNotFoundError("401 Repository Not Found", response=SimpleNamespace(headers={}, request=None))
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", missing)
+    with pytest.raises(hub.ModelUnavailableError, match=r"^student\.model='no-such-model': .*no such model on the "
+                                                         r"Hugging Face Hub.*tiny-llama"):
+        hub.resolve_model_path("no-such-model", field="student.model")
+    # the real request to a hub that cannot be reached (connection refused): one attempt, no ~29 s retry loop
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", real_head)
+    monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE",
+                        "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        build_student(_cfg("no-such-model", lora=False), num_classes=2, proj_dim=8)
+    assert time.perf_counter() - t0 < 5
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("student.model='no-such-model': cannot reach the Hugging Face Hub")
+    assert "ConnectError" in line and "minilm" in line and "local folder" in line
+    # aliases and folders never touch the hub
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_request)
+    assert Path(hub.resolve_model_path("tiny-llama", field="student.model")).is_dir()
+    assert hub.resolve_model_path(str(tmp_path)) == str(tmp_path.resolve())
 
 
 def test_llama3_8b_shape_is_config_only():

@@ -231,3 +231,30 @@ def test_teacher_dimension_differing_from_the_checkpoint_aligner_is_refused(work
     finally:
         shutil.rmtree(cfg.run_dir)
     assert open_cache_for(cfg).dim == 384
+
+
+@pytest.mark.slow
+def test_checkpoints_on_a_storage_uri_are_listed_resumed_and_exported(work_dir, tmp_path):
+    """Issue 15: ``paths.storage`` may be a URI (s3://, gs://); Ray Train writes there natively, and every reader
+    (best checkpoint, resume checks, tune's trial listing, export, eval) goes through pyarrow.fs. Here the URI is
+    ``file://`` (pyarrow's local filesystem reached through the URI code path; no object store runs here)."""
+    from armada_ray.evaluate import evaluate_checkpoint
+    from armada_ray.export import export_checkpoint
+    from armada_ray.train import checkpoint as ckpt
+
+    store = f"file://{tmp_path}/bucket/armada"
+    common = ["student.model=tiny-llama", "student.lora.layers_to_transform=null", f"paths.storage={store}",
+              "scaling.cpus_per_worker=1", "train.lr=0.001", "run_name=on-uri"]
+    first = _train(work_dir, *common, "train.epochs=1")
+    storage = ckpt.run_storage(cfg_for(work_dir, *common))
+    assert storage.startswith(store) and first["best_checkpoint"].startswith(storage + "/")
+    assert (tmp_path / "bucket" / "armada").is_dir() and not (Path(first["run_dir"]) / "ray").exists()
+
+    resumed = _train(work_dir, *common, "train.epochs=2", "resume=true")
+    assert [h["epoch"] for h in _history(resumed)] == [1, 2]
+    assert [m["epoch"] for _, m in ckpt.list_checkpoints(storage)] == [1, 2]
+
+    out = export_checkpoint(resumed["best_checkpoint"], tmp_path / "export")
+    assert out["checkpoint"] == resumed["best_checkpoint"] and (tmp_path / "export" / "armada_student.json").is_file()
+    ev = evaluate_checkpoint(cfg_for(work_dir), resumed["best_checkpoint"], "dev")
+    assert ev["metric_value"] == pytest.approx(resumed["best_dev_metric"], abs=1e-9)

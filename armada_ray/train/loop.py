@@ -58,10 +58,10 @@ from armada_ray.model.aligner_fit import fit_aligner
 from armada_ray.probe import class_targets, linear_probe, probe_line, score_predictions
 from armada_ray.train.data import build_splits, make_dataset
 from armada_ray.train import ops
-from armada_ray.train.ds_config import build_ds_config
+from armada_ray.train.checkpoint import CKPT_TAG
+from armada_ray.train.ds_config import build_ds_config, load_dtype, zero3_init_context
 from armada_ray.train.session import Session
 
-CKPT_TAG = "state"
 WARMUP_STEPS = 2
 
 
@@ -113,15 +113,22 @@ class ArmadaWorker:
         self.generative = self.spec.kind == "generative"
         self.num_classes = self.spec.head_width  # generative: class heads only for a fixed answer set
 
+        on_gpu = self.device.type == "cuda"
+        ds_config = build_ds_config(cfg.train, cfg.scaling, on_gpu=on_gpu)
+        # load DeepSpeed's JIT ops ourselves first: a build killed earlier cannot block this one (train/ops.py)
+        ops.prepare_ops(on_gpu=on_gpu, offload=cfg.train.offload, log=session.log)
+        # ZeRO-3: the backbone is created partitioned (deepspeed.zero.Init through transformers' HfDeepSpeedConfig),
+        # so no rank ever holds the whole model; without it every rank materialised all of it before
+        # deepspeed.initialize split it (issue 15). transformers holds only a weak reference: keep it alive as long
+        # as the engine (ZeRO-3 generation also asks it whether to sync ranks).
+        self._hf_ds_config = zero3_init_context(ds_config)
         student, self.tokenizer = build_student(
-            cfg.student, num_classes=self.num_classes, proj_dim=cfg.aligner.proj_dim, task_kind=self.spec.kind
+            cfg.student, num_classes=self.num_classes, proj_dim=cfg.aligner.proj_dim, task_kind=self.spec.kind,
+            dtype=load_dtype(ds_config),
         )
         self.datasets = {k: make_dataset(v, self.tokenizer, cfg.student.max_length) for k, v in self.splits.items()}
 
-        # load DeepSpeed's JIT ops ourselves first: a build killed earlier cannot block this one (train/ops.py)
-        ops.prepare_ops(on_gpu=self.device.type == "cuda", offload=cfg.train.offload, log=session.log)
         params = [p for p in student.parameters() if p.requires_grad]
-        ds_config = build_ds_config(cfg.train, cfg.scaling, on_gpu=self.device.type == "cuda")
         if "optimizer" in ds_config:  # offload: DeepSpeed builds its CPU Adam from the config (issue 15)
             self.engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=params, config=ds_config)
         else:

@@ -12,6 +12,7 @@ from typing import Any
 
 from armada_ray import console, environ
 from armada_ray.config import ArmadaConfig, ConfigError, save_config
+from armada_ray.train import checkpoint as ckpt
 from armada_ray.train import ops
 from armada_ray.train.ds_config import check_ds_settings
 
@@ -34,7 +35,7 @@ def resolve_run_name(cfg: ArmadaConfig) -> ArmadaConfig:
     return cfg.model_copy(update={"run_name": f"{cfg.task.name}-{cfg.loss.mode}-{stamp}"})
 
 
-def _worker_env(cfg: ArmadaConfig) -> dict[str, str]:
+def worker_env(cfg: ArmadaConfig) -> dict[str, str]:
     now = environ.snapshot()
     env = {k: now[k] for k in _PASS_ENV if k in now}
     env["DS_ACCELERATOR"] = "cuda" if cfg.scaling.use_gpu else "cpu"
@@ -87,7 +88,7 @@ def check_plan(cfg: ArmadaConfig) -> dict[str, Any]:
     skipped = write_skipped(data, cfg.work_dir)
     if skipped is not None:
         plan["skipped_rows_file"] = str(skipped)
-    model_path = resolve_model_path(cfg.student.model, cfg.student.revision)
+    model_path = resolve_model_path(cfg.student.model, cfg.student.revision, field="student.model")
     shape = memory.model_shape(model_path, causal_lm=data.spec.kind == "generative")
     is_encoder = shape["model_type"] in ("bert", "roberta", "deberta", "deberta-v2", "electra", "distilbert")
     if data.spec.kind == "generative" and is_encoder:
@@ -98,7 +99,7 @@ def check_plan(cfg: ArmadaConfig) -> dict[str, Any]:
                         f"{shape['model_type']} model ({'encoder' if is_encoder else 'decoder'})")
     if is_encoder and cfg.student.pooling in ("last", "first"):
         problems.append(f"config error: student.pooling={cfg.student.pooling!r} is for decoder students; "
-                        f"{cfg.student.model} is an encoder: allowed auto, cls, pooler")
+                        f"{cfg.student.model} is an encoder: allowed auto, context, cls, pooler")
     if cfg.loss.mode == "armada":
         problems += _check_cache(cfg, data)
     problems += _check_resumed_heads(cfg, data.spec)
@@ -148,11 +149,12 @@ def _check_cache(cfg: ArmadaConfig, data: Any) -> list[str]:
     declared = getattr(cfg.teacher, "dim", None)
     if declared is not None and declared != cache.dim:
         problems.append(f"config error: teacher.dim={declared} but the cached vectors have dimension {cache.dim}")
-    latest = _latest_checkpoint_dir(cfg)
-    if cfg.resume and latest is not None and (latest / "aligner.pt").exists():
+    latest = _latest_checkpoint_dir(cfg) if cfg.resume else None
+    if latest is not None and ckpt.exists(ckpt.join(latest, "aligner.pt"), kind="file"):
         import torch
 
-        dim = torch.load(latest / "aligner.pt", map_location="cpu", weights_only=False).get("teacher_dim")
+        local = ckpt.local_checkpoint(latest)
+        dim = torch.load(local / "aligner.pt", map_location="cpu", weights_only=False).get("teacher_dim")
         if dim is not None and dim != cache.dim:
             problems.append(f"resume: the checkpoint's aligner takes teacher vectors of dimension {dim}, but the "
                             f"teacher cache holds dimension {cache.dim}; start a new run (resume=false)")
@@ -162,9 +164,9 @@ def _check_cache(cfg: ArmadaConfig, data: Any) -> list[str]:
 def _check_resumed_heads(cfg: ArmadaConfig, spec: Any) -> list[str]:
     """A resumed checkpoint's heads were built for its task: refuse a task of another kind or width."""
     latest = _latest_checkpoint_dir(cfg) if cfg.resume else None
-    if latest is None or not (latest / "task.json").is_file():
+    saved = ckpt.read_json(latest, "task.json") if latest is not None else None
+    if saved is None:
         return []
-    saved = json.loads((latest / "task.json").read_text())
     if saved.get("kind") == spec.kind and saved.get("num_classes") == spec.head_width:
         return []
     return [f"student/task mismatch: resume=true continues {latest}, whose student was built for task "
@@ -173,11 +175,12 @@ def _check_resumed_heads(cfg: ArmadaConfig, spec: Any) -> list[str]:
             "(resume=false or another run_name)"]
 
 
-def _latest_checkpoint_dir(cfg: ArmadaConfig) -> Path | None:
+def _latest_checkpoint_dir(cfg: ArmadaConfig) -> str | None:
+    """The latest checkpoint of the named run (a local folder or a storage URI), or None."""
     if not cfg.run_name:
         return None
-    ckpts = sorted((cfg.run_dir / "ray").glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
-    return ckpts[-1] if ckpts else None
+    ckpts = ckpt.list_checkpoints(ckpt.run_storage(cfg))
+    return ckpts[-1][0] if ckpts else None
 
 
 def teacher_fingerprint_id(cfg: ArmadaConfig) -> str | None:
@@ -208,7 +211,7 @@ def build_trainer(cfg: ArmadaConfig, *, parent_run_id: str | None = None, callba
     )
     run_config = ray.train.RunConfig(
         name=name,
-        storage_path=str(cfg.run_dir / "ray"),
+        storage_path=ckpt.run_storage(cfg),  # a folder or a pyarrow URI (s3://, gs://): Ray Train writes either
         failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="dev_metric",
@@ -228,40 +231,38 @@ def build_trainer(cfg: ArmadaConfig, *, parent_run_id: str | None = None, callba
     )
 
 
-def checkpoints_on_disk(run_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """(checkpoint folder, its reported metrics) for every checkpoint a run left on disk, oldest first."""
-    found = []
-    for m in run_dir.glob("ray/*/checkpoint_*/metrics.json"):
-        found.append((m.parent, json.loads(m.read_text())))
-    return sorted(found, key=lambda pm: pm[1].get("epoch", 0))
-
-
 def summarize_result(cfg: ArmadaConfig, result: Any, wall_s: float) -> dict[str, Any]:
-    """The facts of a finished run (paths, metrics, MLflow run id), also written to summary.json."""
-    best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get("dev_metric", float("-inf")), default=None)
-    best_path = best[0].path if best else (result.checkpoint.path if result.checkpoint else None)
+    """The facts of a finished run (paths, metrics, MLflow run id), also written to summary.json.
+
+    Read from the run's checkpoint storage (local or a URI) rather than from ``result``, so a run on remote storage
+    and a resumed run are summarised the same way."""
+    ckpts = ckpt.list_checkpoints(ckpt.run_storage(cfg))
+    scored = [(p, m) for p, m in ckpts if m.get("dev_metric") is not None]
+    best = max(scored, key=lambda pm: pm[1]["dev_metric"], default=None)
+    latest = ckpts[-1][0] if ckpts else None
+    best_path = best[0] if best else latest
     # the latest checkpoint holds the whole history (the best one only up to its epoch)
     final_state: dict[str, Any] = {}
-    for path in (result.checkpoint.path if result.checkpoint else None, best_path):
-        if path and (Path(path) / "state.json").exists():
-            final_state = json.loads((Path(path) / "state.json").read_text())
+    for path in (latest, best_path):
+        state = ckpt.read_json(path, "state.json") if path else None
+        if state:
+            final_state = state
             break
+    task = ckpt.read_json(best_path, "task.json") if best_path else None
     summary = {
         "run_name": cfg.run_name,
         "run_dir": str(cfg.run_dir),
         "best_checkpoint": best_path,
-        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "latest_checkpoint": latest,
         "best_dev_metric": best[1].get("dev_metric") if best else None,
         "test_at_best_dev": final_state.get("test_at_best_dev"),
-        "metric": None,
+        "metric": task["metric"] if task else None,
         "epochs": final_state.get("epoch"),
         "history": final_state.get("history", []),
         "mlflow_run_id": final_state.get("mlflow_run_id"),
         "tracking_uri": cfg.tracking_uri if cfg.tracking.enabled else None,
         "wall_s": round(wall_s, 1),
     }
-    if best_path and (Path(best_path) / "task.json").exists():
-        summary["metric"] = json.loads((Path(best_path) / "task.json").read_text())["metric"]
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -284,9 +285,9 @@ def run_train(cfg: ArmadaConfig) -> dict[str, Any]:
           flush=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.run_dir)
-    for k, v in _worker_env(cfg).items():
+    for k, v in worker_env(cfg).items():
         os.environ.setdefault(k, v)
-    ensure_ray(runtime_env={"env_vars": _worker_env(cfg)})
+    ensure_ray(runtime_env={"env_vars": worker_env(cfg)})
     result = build_trainer(cfg).fit()
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
