@@ -100,7 +100,7 @@ def test_relative_paths_are_made_absolute_once_on_load_and_stay_so_in_another_cw
     cfg = load_config(None, ["cache.dir=./c", "task.data_dir=data", "eval.checkpoint=ck"])
     assert cfg.paths.work_dir == tmp_path / "armada_runs" and cfg.paths.work_dir.is_absolute()
     assert cfg.cache.dir == tmp_path / "c" and cfg.task.data_dir == tmp_path / "data"
-    assert cfg.eval.checkpoint == tmp_path / "ck"
+    assert cfg.eval.checkpoint == str(tmp_path / "ck")  # a string: it may also be a storage URI
     assert cfg.tracking_uri == f"sqlite:///{tmp_path / 'armada_runs' / 'mlflow.db'}"
     # what the worker receives (the dumped config) validates to the same folders in any working directory
     other = tmp_path / "elsewhere"

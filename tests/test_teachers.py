@@ -121,6 +121,47 @@ def test_diffusion_tiny_pipeline_recipe(one_thread) -> None:
     assert build_teacher(cfg.model_copy(update={"image_size": 64})).dim == 4 * 32 * 32
 
 
+def test_diffusion_resize_on_the_device_matches_the_image_round_trip_and_batches_by_device(one_thread) -> None:
+    """Issue 15: the 128-px resize stays a tensor op (no PIL round trip on one CPU); it still sees what a saved
+    8-bit image holds, and lands within a couple of 8-bit levels of PIL's bicubic. The batch defaults to 32 on a
+    GPU (4-8 left it mostly idle), 4 on CPU."""
+    import torch
+    from PIL import Image
+
+    from armada_ray.teachers.diffusion import resize_images
+
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=(64, 64), mode="bilinear")
+    ours = resize_images(pixels, 16)
+    assert ours.shape == (2, 3, 16, 16) and 0.0 <= float(ours.min()) and float(ours.max()) <= 1.0
+    for i in range(2):
+        u8 = (pixels[i].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        pil = np.asarray(Image.fromarray(u8).resize((16, 16), resample=Image.Resampling.BICUBIC), np.float32) / 255
+        assert np.abs(ours[i].permute(1, 2, 0).numpy() - pil).mean() < 2.5 / 255
+    assert build_teacher(DiffusionTeacherConfig(model="tiny"), device="cpu").batch_size == 4
+    assert build_teacher(DiffusionTeacherConfig(model="tiny"), device="cuda").batch_size == 32
+    assert build_teacher(DiffusionTeacherConfig(model="tiny", batch_size=8), device="cuda").batch_size == 8
+
+
+def test_diffusion_fp16_loads_the_fp16_variant_and_falls_back_without_one(tmp_path) -> None:
+    """Issue 15: an fp16 teacher reads the repository's fp16 weights (variant="fp16": half the bytes, no fp32 copy);
+    a repository without them still loads."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from armada_ray.teachers.diffusion import _load_pipeline, build_random_pipeline
+
+    pipe = build_random_pipeline("tiny")
+    pipe.save_pretrained(tmp_path / "only-fp16", variant="fp16")
+    pipe.save_pretrained(tmp_path / "plain")
+    loaded = _load_pipeline(StableDiffusionPipeline, str(tmp_path / "only-fp16"), None, torch.float16)
+    assert loaded.unet.dtype == torch.float16
+    assert _load_pipeline(StableDiffusionPipeline, str(tmp_path / "plain"), None, torch.float16).unet.dtype \
+        == torch.float16
+    with pytest.raises((OSError, ValueError)):  # fp32 asks for the default weights, which that folder lacks
+        _load_pipeline(StableDiffusionPipeline, str(tmp_path / "only-fp16"), None, torch.float32)
+
+
 def test_diffusion_real_model_id_fails_clearly_offline(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from armada_ray.teachers.base import TeacherError

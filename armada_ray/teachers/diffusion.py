@@ -3,7 +3,8 @@
 For each prompt (the example's text fields, lower-cased and joined, then ``teacher.prompt_template``):
 
 1. txt2img with ``steps`` denoising steps at the model's native size (512 for SD-v1; ``txt2img_size``);
-2. the image resized to ``image_size`` (128) with PIL bicubic;
+2. the image resized to ``image_size`` (128), bicubic with antialiasing, on the pipeline's device (the txt2img
+   output stays a tensor, quantised to 8-bit levels as a saved image would be: no PIL round trip on one CPU);
 3. ``StableDiffusionImg2ImgPipeline(**pipe.components)`` with the same prompt, ``strength`` 0.75,
    ``guidance_scale`` 7.5, ``steps`` steps and ``output_type="latent"``;
 4. the latent flattened: 4 x (128 / 8) x (128 / 8) = 1024 floats for SD-v1's 4-block VAE.
@@ -42,7 +43,7 @@ from armada_ray.teachers.base import (
 )
 from armada_ray.teachers.hf import folder_digest
 
-RECIPE = "sd-txt2img>resize>img2img>latent-flatten"
+RECIPE = "sd-txt2img>u8>resize-bicubic-aa>img2img>latent-flatten"  # v2: tensor resize (was PIL)
 
 # Random-weight offline shapes: (unet kwargs, vae kwargs, clip text kwargs, tokenizer kind)
 _TINY = {
@@ -169,11 +170,7 @@ class DiffusionTeacher(LocalTeacher):
             pipe = build_random_pipeline(self.cfg.model, dtype=dtype)
         else:
             try:
-                with _quiet_diffusers():
-                    pipe = StableDiffusionPipeline.from_pretrained(
-                        self.cfg.model, revision=self.cfg.revision, dtype=dtype,
-                        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-                    )
+                pipe = _load_pipeline(StableDiffusionPipeline, self.cfg.model, self.cfg.revision, dtype)
             except Exception as exc:  # noqa: BLE001
                 raise TeacherError(_unavailable(self.cfg.model, exc)) from None
         if self.cfg.lora:
@@ -201,23 +198,30 @@ class DiffusionTeacher(LocalTeacher):
             ).images
         return [im.resize((side, side), resample=_bicubic()) for im in images]
 
+    @property
+    def batch_size(self) -> int:
+        """``teacher.batch_size``, else 32 on a GPU and 4 on CPU."""
+        if self.cfg.batch_size is not None:
+            return self.cfg.batch_size
+        return 32 if str(self.device).startswith("cuda") else 4
+
     def embed(self, texts: list[str]) -> np.ndarray:
         import torch
 
         self.load()
         out = np.zeros((len(texts), self.dim), np.float32)
         size, side = self.txt2img_size, self.cfg.image_size
-        bs = self.cfg.batch_size
+        bs = self.batch_size
         gen_device = "cpu" if self.device == "mps" else self.device
         for start in range(0, len(texts), bs):
             chunk = list(texts[start : start + bs])
             gens = [torch.Generator(device=gen_device).manual_seed(self.cfg.seed) for _ in chunk]
             with torch.inference_mode():
-                images = self._pipe(
+                pixels = self._pipe(
                     chunk, height=size, width=size, num_inference_steps=self.cfg.steps,
-                    guidance_scale=self.cfg.guidance_scale, generator=gens,
-                ).images
-                images = [im.resize((side, side), resample=_bicubic()) for im in images]
+                    guidance_scale=self.cfg.guidance_scale, generator=gens, output_type="pt",
+                ).images  # (B, 3, size, size) in [0, 1], on the device
+                images = resize_images(pixels, side)
                 gens = [torch.Generator(device=gen_device).manual_seed(self.cfg.seed) for _ in chunk]
                 latents = self._i2i(
                     chunk, image=images, strength=self.cfg.strength, guidance_scale=self.cfg.guidance_scale,
@@ -225,6 +229,34 @@ class DiffusionTeacher(LocalTeacher):
                 ).images
             out[start : start + len(chunk)] = latents.float().flatten(1).cpu().numpy()
         return out
+
+
+def resize_images(pixels: Any, side: int) -> Any:
+    """txt2img output (B, 3, H, W) in [0, 1] -> (B, 3, side, side): quantised to 8-bit levels (what a saved image
+    holds), then bicubic with antialiasing, clamped to [0, 1]; stays on the tensor's device."""
+    import torch
+
+    pixels = torch.round(pixels.float().clamp(0, 1) * 255) / 255
+    resized = torch.nn.functional.interpolate(pixels, size=(side, side), mode="bicubic", antialias=True,
+                                              align_corners=False)
+    return resized.clamp(0, 1)
+
+
+def _load_pipeline(cls: Any, model: str, revision: str | None, dtype: Any) -> Any:
+    """``cls.from_pretrained`` for a pipeline id or folder: in fp16, the repository's fp16 weights
+    (``variant="fp16"``, half the download and no fp32 copy in memory), falling back to the default weights
+    when it publishes none."""
+    import torch
+
+    kwargs = dict(revision=revision, dtype=dtype, safety_checker=None, feature_extractor=None,
+                  requires_safety_checker=False)
+    with _quiet_diffusers():
+        if dtype == torch.float16:
+            try:
+                return cls.from_pretrained(model, variant="fp16", **kwargs)
+            except (OSError, ValueError):  # no fp16 variant in this repository or folder
+                pass
+        return cls.from_pretrained(model, **kwargs)
 
 
 class _quiet_diffusers:
