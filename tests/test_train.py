@@ -221,6 +221,7 @@ def test_teacher_dimension_differing_from_the_checkpoint_aligner_is_refused(work
     ckpt = cfg.run_dir / "ray" / "train" / "checkpoint_0"
     ckpt.mkdir(parents=True, exist_ok=True)
     torch.save({"teacher_dim": 8, "best": {}, "current": {}}, ckpt / "aligner.pt")
+    (ckpt / "metrics.json").write_text(json.dumps({"epoch": 1}))  # what makes a checkpoint complete
     # and a student whose heads were built for another task: a regression head for this 2-class task
     (ckpt / "task.json").write_text(json.dumps({"task": "stsb", "kind": "regression", "num_classes": 1}))
     try:
