@@ -68,11 +68,12 @@ def ray_cli(cluster: LocalCluster, *args: str, timeout: float = 120) -> subproce
                           env=cluster.env(), cwd=ROOT)
 
 
-def submit(cluster: LocalCluster, overrides: list[str], tag: str) -> str:
-    """`ray job submit` (the CLI) of embed && train on jobs/cluster_smoke.yaml; returns the submission id."""
+def submit(cluster: LocalCluster, overrides: list[str], tag: str, cmd: str | None = None) -> str:
+    """`ray job submit` (the CLI) of ``cmd`` (default: embed && train on jobs/cluster_smoke.yaml); returns the
+    submission id."""
     ov = " ".join(overrides)
-    cmd = (f"armada embed --config jobs/cluster_smoke.yaml {ov} && "
-           f"armada train --config jobs/cluster_smoke.yaml {ov} --json")
+    cmd = cmd or (f"armada embed --config jobs/cluster_smoke.yaml {ov} && "
+                  f"armada train --config jobs/cluster_smoke.yaml {ov} --json")
     sub_id = f"armada-{tag}-{uuid.uuid4().hex[:6]}"
     out = ray_cli(cluster, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(ROOT),
                   "--runtime-env-json", json.dumps({"env_vars": job_env_vars()}), "--submission-id", sub_id,
@@ -160,6 +161,16 @@ def test_submitted_job_trains_on_both_nodes_and_lands_in_mlflow(cluster, work_di
     assert run.info.status == "FINISHED"
     assert "dev_metric" in run.data.metrics and run.data.tags.get("armada.task") == "pang_lee_polarity"
     print("MLflow run", run.info.run_id, {k: v for k, v in run.data.tags.items() if "ray" in k})
+
+    # issue 15: on a cluster `armada export` runs as a Ray task with a training rank's resources, not in the driver
+    ov = f"paths.work_dir={work_dir} run_name=two-nodes"
+    sub_id = submit(cluster, [], "export", cmd=f"armada export --config jobs/cluster_smoke.yaml {ov} --json")
+    status = wait_for(cluster, sub_id, time.monotonic() + 300)
+    logs = job_logs(cluster, sub_id)
+    assert status == "SUCCEEDED", "\n".join(logs.splitlines()[-40:])
+    exported = last_json(logs)
+    assert exported["ran_in"]["ray_task"] and exported["ran_in"]["node_id"] in node_ids
+    assert (Path(exported["export_dir"]) / "armada_student.json").is_file()
 
 
 def test_worker_node_killed_mid_training_resumes_from_its_checkpoint(cluster, work_dir):

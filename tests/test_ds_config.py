@@ -148,5 +148,11 @@ def test_zero3_builds_the_student_partitioned_and_it_still_trains(monkeypatch):
             losses.append(loss.item())
         assert losses[-1] < losses[0]
         engine.destroy()
+        # a later ZeRO-2 worker in this process (armada report's next cell) is not built under the stale ZeRO-3 one
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        assert is_deepspeed_zero3_enabled()
+        assert zero3_init_context(build_ds_config(TrainConfig(zero_stage=2), ScalingConfig(), on_gpu=False)) is None
+        assert not is_deepspeed_zero3_enabled()
     finally:
         del keep

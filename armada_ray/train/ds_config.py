@@ -102,9 +102,14 @@ def zero3_init_context(ds_config: dict[str, Any]) -> Any:
     ``from_config`` build the model inside ``deepspeed.zero.Init``: each parameter is partitioned as it is created.
 
     Returns the object to keep alive while the model is used (transformers keeps a weak reference), or ``None``
-    below stage 3, where there is nothing to partition at load time.
+    below stage 3, where there is nothing to partition at load time: then any registration left by an earlier
+    ZeRO-3 worker of this process (``armada report`` runs cells one after another) is dropped, so this worker's
+    model is not built partitioned by mistake.
     """
     if ds_config.get("zero_optimization", {}).get("stage") != 3:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
         return None
     from transformers.integrations import HfDeepSpeedConfig
 
