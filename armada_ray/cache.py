@@ -12,8 +12,9 @@ Layout (DESIGN §5)::
 - A row's key is ``sha256(fingerprint_id + "\\0" + prompt)``: the same prompt in two tasks is queried
   once; another teacher, recipe or prompt template has another fingerprint, hence another folder.
 - Each shard carries an explicit Arrow schema and, in its Parquet schema metadata, the fingerprint, dim,
-  dtype and a checksum of its content; all are checked when the shard is first read, so a shard that
-  does not belong here is an error, never silent garbage.
+  dtype and a checksum of its content; these and the file's sha256 in the manifest are checked when a process
+  first reads the shard's vectors, so a shard that does not belong here, or was changed, is an error, never
+  silent garbage.
 - Writes are atomic: the shard goes to a temporary file, is fsynced and ``os.replace``d into place, then
   the manifest is rewritten the same way, all under a file lock (several writers are safe). A process
   killed at any point leaves either no shard or a complete one; a complete shard missing from the
@@ -315,7 +316,12 @@ class TeacherCache:
                 continue
             number = len(self._shards)
             self._shards.append(entry)
-            keys = pq.read_table(self.path / entry["file"], columns=["key"]).column("key").to_pylist()
+            try:
+                keys = pq.read_table(self.path / entry["file"], columns=["key"]).column("key").to_pylist()
+            except (pa.ArrowException, OSError) as exc:  # truncated, overwritten or missing since it was listed
+                raise CacheError(f"teacher cache {self.path}: shard {entry['file']} listed in {MANIFEST} cannot be read "
+                                 f"({str(exc).splitlines()[0]}); remove it from the manifest's shard list (its rows "
+                                 "are re-embedded) or restore the file") from None
             for row, key in enumerate(keys):
                 self._index.setdefault(key, (number, row))
 
@@ -441,7 +447,11 @@ class TeacherCache:
         if not p.is_file():
             return []
         out = []
-        for line in p.read_text(encoding="utf-8").splitlines():
+        # split on newlines only: str.splitlines also splits on U+0085/U+2028, which a prompt may hold (json.dumps
+        # with ensure_ascii=False writes them raw), and the record was then dropped as two broken halves
+        for line in p.read_text(encoding="utf-8").split("\n"):
+            if not line.strip():
+                continue
             with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
         return out
@@ -463,6 +473,12 @@ class TeacherCache:
             if pf.schema_arrow.field("vector").type != self.schema.field("vector").type:
                 raise CacheMismatchError(f"teacher cache {self.path}: shard {entry['file']} has vector type "
                                          f"{pf.schema_arrow.field('vector').type}")
+            # the shard is the one the manifest lists, byte for byte: a rewritten shard would otherwise be read as
+            # the teacher's vectors (one sha256 pass per shard and process, over bytes about to be read anyway)
+            if entry.get("sha256") and _sha256_file(self.path / entry["file"]) != entry["sha256"]:
+                raise CacheError(f"teacher cache {self.path}: shard {entry['file']} differs from the sha256 in "
+                                 f"{MANIFEST} (changed after it was written); remove it from the manifest's shard "
+                                 "list to re-embed its rows")
             self._checked.add(entry["file"])
         return pf
 

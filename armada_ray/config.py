@@ -91,6 +91,14 @@ class _BoolGiven:
 class PathsConfig(_Section):
     work_dir: AbsPath = Field(Path("./armada_runs"), validate_default=True,
                               description="Root of cache, runs and the embedded MLflow store (made absolute on load).")
+
+    @field_validator("work_dir")
+    @classmethod
+    def _a_folder(cls, v: Path) -> Path:
+        # issue 13: an existing file here surfaced as NotADirectoryError from the first mkdir, exit 1
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"{str(v)!r} is a file; paths.work_dir must be a folder (it is created if missing)")
+        return v
     storage: Annotated[str | None, AfterValidator(_storage)] = Field(
         None, description="Where Ray Train keeps checkpoints: a folder or a pyarrow URI (s3://bucket/prefix, gs://..., "
                           "hdfs://...), shared by every node; default <work_dir>/runs. work_dir keeps everything else.")
@@ -98,8 +106,24 @@ class PathsConfig(_Section):
 
 class _TeacherBase(_Section):
     prompt_template: str = Field(
-        "{text}", description="Format string applied to the prompt (the paper's lower-cased joined text fields)."
+        "{text}", description="Format string applied to the prompt (the paper's lower-cased joined text fields): "
+                              "one {text} field; write {{ and }} for literal braces."
     )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        # issue 13: an unknown {field} or an unclosed brace was met only at the first prompt, as exit 1
+        import string
+
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a format string ({exc}); write {{{{ and }}}} for literal braces") from None
+        if fields - {"text"}:
+            raise ValueError(f"{v!r} uses {', '.join(sorted('{' + f + '}' for f in fields - {'text'}))}; the only "
+                             "field is {text}")
+        return v
     stand_in: bool = Field(
         False, description="True when this teacher stands in for a vision-language teacher (tagged in logs/MLflow)."
     )
@@ -182,6 +206,10 @@ class HttpTeacherConfig(_TeacherBase):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{redact_url_credentials(v)!r} is not an http(s) URL with a host, e.g. "
                              "https://api.example.com/v1")
+        try:
+            parts.port  # noqa: B018 - urllib raises on a port outside 0-65535 or not a number
+        except ValueError:
+            raise ValueError(f"{redact_url_credentials(v)!r}: the port must be a number in 1-65535") from None
         return v
 
     @model_validator(mode="after")
@@ -488,9 +516,26 @@ class ReportConfig(_Section):
         return v
 
 
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
 class TrackingConfig(_Section):
     enabled: bool = True
-    uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///<work_dir>/mlflow.db).")
+    uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///<work_dir>/mlflow.db): "
+                                              f"a server (http/https), a database ({', '.join(TRACKING_SCHEMES[2:])}) "
+                                              "or a local folder.")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        # issue 13: tracking.uri=ftp://x passed, and the preflight even called it writable
+        if v is None or "://" not in v:
+            return v
+        scheme = v.split("://", 1)[0].split("+", 1)[0].lower()  # postgresql+psycopg2://
+        if scheme not in TRACKING_SCHEMES:
+            raise ValueError(f"{redact_url_credentials(v)!r}: MLflow cannot track to a {scheme}:// store; allowed: "
+                             f"{', '.join(s + '://' for s in TRACKING_SCHEMES)} or a local folder")
+        return v
     experiment: str | None = Field(None, description="Experiment name (default: the config name).")
     register_model: bool = True
     registered_model_name: str | None = None

@@ -28,7 +28,19 @@ def checkpoint_config(ckpt: str | Path) -> tuple[ArmadaConfig, dict[str, Any]]:
     ckpt = ckpt_store.local_checkpoint(ckpt)
     if not (ckpt / "config.yaml").is_file() or not (ckpt / "task.json").is_file():
         raise ConfigError(f"{ckpt}: not an armada-ray checkpoint or export (config.yaml/task.json missing)")
-    return build_config(yaml.safe_load((ckpt / "config.yaml").read_text())), json.loads((ckpt / "task.json").read_text())
+    try:
+        task = json.loads((ckpt / "task.json").read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{ckpt / 'task.json'}: not valid JSON ({exc}); the checkpoint is damaged") from None
+    try:
+        saved = yaml.safe_load((ckpt / "config.yaml").read_text())
+        return build_config(saved), task
+    except ConfigError as exc:  # name the checkpoint's file: these lines are not about the user's own config
+        raise ConfigError([f"{ckpt / 'config.yaml'} (the checkpoint's saved config): {p}" for p in exc.problems]) \
+            from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{ckpt / 'config.yaml'}: not readable YAML ({str(exc).splitlines()[0]}); the checkpoint "
+                          "is damaged") from None
 
 
 @contextlib.contextmanager

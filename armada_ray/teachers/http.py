@@ -461,12 +461,17 @@ class HttpTeacher:
         """One small request: fails fast on a wrong endpoint/key, learns the dimension, returns the vector.
 
         Callers probe with a real prompt they need anyway and keep its vector, so the probe costs no extra
-        teacher query."""
-        res = await self.aembed_rows([text])
-        if not res.ok[0]:
-            raise TeacherError(f"teacher endpoint {self.endpoint} probe failed: {res.reasons[0]}")
-        assert self._dim is not None
-        return np.asarray(res.vectors[0], dtype=np.float32)
+        teacher query. A bad *reply* (not JSON, a non-finite vector) is what a row later in the run would only be
+        quarantined for, so it is asked again, up to ``PROBE_ATTEMPTS`` times, before the job is stopped (issue 13:
+        one malformed first reply stopped the whole embed); fatal answers (401, unreachable) raise at once."""
+        reason = ""
+        for _ in range(PROBE_ATTEMPTS):
+            res = await self.aembed_rows([text])
+            if res.ok[0]:
+                assert self._dim is not None
+                return np.asarray(res.vectors[0], dtype=np.float32)
+            reason = res.reasons[0]
+        raise TeacherError(f"teacher endpoint {self.endpoint} probe failed {PROBE_ATTEMPTS} times: {reason}")
 
     def probe(self, text: str = "teacher dimension probe") -> np.ndarray:
         return self._run(self.aprobe(text))
@@ -488,6 +493,9 @@ def _error_message(raw: bytes) -> str:
     except (ValueError, UnicodeDecodeError):
         pass
     return raw[:200].decode("utf-8", "replace")
+
+
+PROBE_ATTEMPTS = 3
 
 
 class ImageEncoder:

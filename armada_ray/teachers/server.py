@@ -510,7 +510,13 @@ def run_server(cfg: Any) -> dict[str, Any]:
         from armada_ray.config import ConfigError
 
         raise ConfigError(f"config error: server.token_env={s.token_env!r}: the environment variable is not set")
-    server = TeacherServer(s)
+    from armada_ray.config import ConfigError
+
+    try:
+        server = TeacherServer(s)
+    except ConfigError as exc:  # the teacher section sits under server. here: name the key the user wrote
+        raise ConfigError([p.replace("teacher.", "server.teacher.", 1) if p.startswith("teacher.") else p
+                           for p in exc.problems]) from None
     print(f"loading teacher {server.teacher.fingerprint().get('model')} ...", flush=True)
     server.warm_up()
 

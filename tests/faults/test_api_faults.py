@@ -24,11 +24,6 @@ from benchmarks.fault_cases import SMALL_EMBED, Server, armada_child, child_env 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: HttpTeacher.aprobe raises TeacherError on any failed probe row, and `armada embed` exits 1 "
-    "('teacher endpoint … probe failed: malformed_reply: not JSON …') although the same reply later in the run "
-    "only quarantines its rows: one 200-with-HTML (or NaN/wrong-length vector) at the first request stops the job; "
-    "in benchmarks/faults.py (5 % malformed + 2 % bad vectors) about one start in 14"))
 def test_one_bad_reply_to_the_probe_does_not_stop_the_job(tmp_path: Path) -> None:
     # fault_seed 1: the first draw (0.134) is below malformed_rate, the next three are not
     server = Server(["server.malformed_rate=0.2", "server.fault_seed=1"]).ready()
@@ -44,10 +39,6 @@ def test_one_bad_reply_to_the_probe_does_not_stop_the_job(tmp_path: Path) -> Non
     assert out.returncode == 0, out.stderr[-1500:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: TeacherCache.quarantined() reads quarantine.jsonl with str.splitlines(), which also splits on U+0085, "
-    "U+2028, U+2029, \\x1c-\\x1e, \\x0b and \\x0c; quarantine() writes prompts with ensure_ascii=False, so a record "
-    "whose prompt holds one (a tweet in task tweet_sentiment does) is split in two and silently dropped"))
 @pytest.mark.parametrize("sep", ["\x85", "\u2028"])
 def test_a_quarantined_row_with_a_line_separator_is_read_back(tmp_path: Path, sep: str) -> None:
     cache = TeacherCache(tmp_path, {"kind": "test", "v": 1}, 4, "float32")

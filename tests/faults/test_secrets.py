@@ -75,10 +75,6 @@ def test_a_truncated_shard_fails_verify(tmp_path: Path) -> None:
     assert not report["ok"] and report["problems"] == [f"{shard}: sha256 differs from the manifest"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: opening a cache whose listed shard is truncated raises pyarrow's ArrowInvalid ('Parquet magic bytes "
-    "not found in footer') from _load_index, not the module's CacheError; `armada embed`/`train` then exit 1 with "
-    "pyarrow's text and no advice"))
 def test_reopening_a_cache_with_a_truncated_shard_names_it(tmp_path: Path) -> None:
     cache, _ = _cache_with_two_shards(tmp_path)
     shard = json.loads((cache.path / "manifest.json").read_text())["shards"][1]["file"]
@@ -88,10 +84,6 @@ def test_reopening_a_cache_with_a_truncated_shard_names_it(tmp_path: Path) -> No
         TeacherCache(tmp_path, FP, 8, "float32")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: only TeacherCache.verify() compares a shard with its manifest sha256 (or its armada.content_sha256), "
-    "and no command calls it; lookup()/iter_batches() (train, probe, tune) open a shard checking only its "
-    "fingerprint/dim/dtype metadata, so a rewritten shard's vectors are read as if they were the teacher's"))
 def test_reading_a_rewritten_shard_is_refused(tmp_path: Path) -> None:
     cache, vecs = _cache_with_two_shards(tmp_path)
     shard = json.loads((cache.path / "manifest.json").read_text())["shards"][0]["file"]
