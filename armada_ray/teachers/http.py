@@ -273,10 +273,19 @@ class HttpTeacher:
                 last, kind = f"timeout after {cfg.timeout_s:g}s", "timeouts"
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
                 last, kind = f"connection error ({type(exc).__name__})", "connection_errors"
+            except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+                # not HTTP at all (a bad status line, broken headers): aiohttp's parser error escaped the
+                # client before (issue 13's protocol-junk server); retried like a dropped connection
+                last, kind = f"protocol error ({type(exc).__name__})", "protocol_errors"
             finally:
                 await self.limiter.release()
 
             if status is None:
+                self._count(stats, kind)
+            elif status == 200 and not raw.strip():
+                # an empty 200 is a transfer cut short (a lone status line, a chunked body stopped), never an API's
+                # answer: retried like a dropped connection, not quarantined as a malformed reply
+                last, kind = "connection error (empty 200 reply)", "connection_errors"
                 self._count(stats, kind)
             elif status == 200:
                 try:
@@ -310,10 +319,10 @@ class HttpTeacher:
             self._count(stats, "backoff_s", delay)
             await asyncio.sleep(delay)
 
-        if last.startswith(("timeout", "connection")):
+        if last.startswith(("timeout", "connection", "protocol")):
             raise TeacherUnavailableError(
                 f"teacher endpoint {self.endpoint} unreachable: {last} on all {cfg.max_retries + 1} attempts "
-                f"(is the server running? check teacher.endpoint)"
+                f"(is the server running, and an OpenAI-compatible HTTP API? check teacher.endpoint)"
             )
         raise _Failed(f"gave_up: {last} after {cfg.max_retries + 1} attempts")
 
