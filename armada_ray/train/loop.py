@@ -121,6 +121,10 @@ class ArmadaWorker:
         # so no rank ever holds the whole model; without it every rank materialised all of it before
         # deepspeed.initialize split it (issue 15). transformers holds only a weak reference: keep it alive as long
         # as the engine (ZeRO-3 generation also asks it whether to sync ranks).
+        if ds_config["zero_optimization"]["stage"] == 3:
+            # zero.Init sizes its partitions by DeepSpeed's world size; before deepspeed.initialize that is 1 unless
+            # DeepSpeed is attached to the process group the runtime made (Ray Train's, or the local session's)
+            deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
         self._hf_ds_config = zero3_init_context(ds_config)
         student, self.tokenizer = build_student(
             cfg.student, num_classes=self.num_classes, proj_dim=cfg.aligner.proj_dim, task_kind=self.spec.kind,
