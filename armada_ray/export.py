@@ -24,22 +24,23 @@ from armada_ray.train.checkpoint import CKPT_TAG
 
 
 def checkpoint_config(ckpt: str | Path) -> tuple[ArmadaConfig, dict[str, Any]]:
-    """The resolved config and task facts stored in a checkpoint (or an export); a storage URI is copied here first."""
-    ckpt = ckpt_store.local_checkpoint(ckpt)
-    if not (ckpt / "config.yaml").is_file() or not (ckpt / "task.json").is_file():
-        raise ConfigError(f"{ckpt}: not an armada-ray checkpoint or export (config.yaml/task.json missing)")
+    """The resolved config and task facts stored in a checkpoint (or an export), a folder or a storage URI: only
+    those two files are read (the driver checks a checkpoint this way before any copy of its weights)."""
+    config_raw, task_raw = (ckpt_store.read_bytes(ckpt, name) for name in ("config.yaml", "task.json"))
+    where = str(ckpt).rstrip("/")
+    if config_raw is None or task_raw is None:
+        raise ConfigError(f"{where}: not an armada-ray checkpoint or export (config.yaml/task.json missing)")
     try:
-        task = json.loads((ckpt / "task.json").read_text())
+        task = json.loads(task_raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{ckpt / 'task.json'}: not valid JSON ({exc}); the checkpoint is damaged") from None
+        raise ConfigError(f"{where}/task.json: not valid JSON ({exc}); the checkpoint is damaged") from None
     try:
-        saved = yaml.safe_load((ckpt / "config.yaml").read_text())
-        return build_config(saved), task
+        return build_config(yaml.safe_load(config_raw.decode("utf-8"))), task
     except ConfigError as exc:  # name the checkpoint's file: these lines are not about the user's own config
-        raise ConfigError([f"{ckpt / 'config.yaml'} (the checkpoint's saved config): {p}" for p in exc.problems]) \
+        raise ConfigError([f"{where}/config.yaml (the checkpoint's saved config): {p}" for p in exc.problems]) \
             from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{ckpt / 'config.yaml'}: not readable YAML ({str(exc).splitlines()[0]}); the checkpoint "
+        raise ConfigError(f"{where}/config.yaml: not readable YAML ({str(exc).splitlines()[0]}); the checkpoint "
                           "is damaged") from None
 
 

@@ -82,16 +82,22 @@ def list_checkpoints(storage: str) -> list[tuple[str, dict[str, Any]]]:
     return sorted(found, key=lambda pm: (pm[1].get("epoch", 0), pm[0]))
 
 
-def read_json(checkpoint: str, name: str) -> dict[str, Any] | None:
-    """A JSON file of a checkpoint (``state.json``, ``task.json``, ``metrics.json``), or None if it has none."""
+def read_bytes(checkpoint: str | Path, name: str) -> bytes | None:
+    """One file of a checkpoint (local or a URI) without copying the rest, or None if it has none."""
     import pyarrow.fs
 
-    fs, path = _fs(checkpoint)
+    fs, path = _fs(str(checkpoint))
     path = posixpath.join(path, name)
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
     with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
+        return f.read()
+
+
+def read_json(checkpoint: str, name: str) -> dict[str, Any] | None:
+    """A JSON file of a checkpoint (``state.json``, ``task.json``, ``metrics.json``), or None if it has none."""
+    raw = read_bytes(checkpoint, name)
+    return None if raw is None else json.loads(raw)
 
 
 def exists(location: str, kind: str = "dir") -> bool:
