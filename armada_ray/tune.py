@@ -235,7 +235,7 @@ def run_baseline(cfg: ArmadaConfig, parent_run_id: str | None) -> dict[str, Any]
     result = build_trainer(bcfg, parent_run_id=parent_run_id, name="baseline").fit()
     if result.error:
         raise RuntimeError(f"baseline training failed: {result.error}")
-    return summarize_result(bcfg, result, time.perf_counter() - t0)
+    return summarize_result(bcfg, time.perf_counter() - t0)
 
 
 # Search-space paths that only a distilled run reads; any other path (train.lr, train.epochs, student.*) is
@@ -276,7 +276,7 @@ def _run_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: 
                            eval_test=True).fit()
     if result.error:
         raise RuntimeError(f"{run['name']}: {result.error}")
-    summarize_result(cfg, result, time.perf_counter() - t0)
+    summarize_result(cfg, time.perf_counter() - t0)
 
 
 def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dict[str, Any],

@@ -231,11 +231,11 @@ def build_trainer(cfg: ArmadaConfig, *, parent_run_id: str | None = None, callba
     )
 
 
-def summarize_result(cfg: ArmadaConfig, result: Any, wall_s: float) -> dict[str, Any]:
+def summarize_result(cfg: ArmadaConfig, wall_s: float) -> dict[str, Any]:
     """The facts of a finished run (paths, metrics, MLflow run id), also written to summary.json.
 
-    Read from the run's checkpoint storage (local or a URI) rather than from ``result``, so a run on remote storage
-    and a resumed run are summarised the same way."""
+    Read from the run's checkpoint storage (local or a URI) rather than from Ray's ``Result``, so a run on remote
+    storage and a resumed run are summarised the same way."""
     ckpts = ckpt.list_checkpoints(ckpt.run_storage(cfg))
     scored = [(p, m) for p, m in ckpts if m.get("dev_metric") is not None]
     best = max(scored, key=lambda pm: pm[1]["dev_metric"], default=None)
@@ -291,6 +291,6 @@ def run_train(cfg: ArmadaConfig) -> dict[str, Any]:
     result = build_trainer(cfg).fit()
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
-    summary = summarize_result(cfg, result, time.perf_counter() - t0)
+    summary = summarize_result(cfg, time.perf_counter() - t0)
     print(f"[armada] best dev {summary['metric']}: {summary['best_dev_metric']} -> {summary['best_checkpoint']}")
     return {k: v for k, v in summary.items() if k != "history"} | {"config": str(cfg.run_dir / "config.yaml")}
