@@ -24,6 +24,8 @@ from armada_ray.train import checkpoint as ckpt
 # Metrics the training loop reports every epoch (plus dev_<name> for each of the task's metrics).
 REPORTED_METRICS = {"dev_metric", "best_dev_metric", "train_loss", "first_step_loss", "samples_per_s", "epoch",
                     "epoch_s", "aligner_loss", "aligner_dev_metric", "loss_task", "loss_soft", "loss_manifold"}
+SWEEP_FILE = "sweep.json"  # marks a sweep's folder; keeps its parent MLflow run id for a resume
+KIND_SWEEP = "sweep"  # armada.kind of the parent run; its trials are "trial"
 DRIVER_RESOURCES = {"cpu": 0.01}  # {"cpu": 0} is refused by Tune (NOTES.md)
 
 
@@ -146,13 +148,29 @@ def _searcher(cfg: ArmadaConfig) -> Any:
     return None
 
 
+def sweep_dir_of(cfg: ArmadaConfig) -> Path:
+    """The folder of the sweep ``cfg.run_name``: Tune's experiment state, the trials' run folders, the results."""
+    return cfg.work_dir / "runs" / cfg.experiment / (cfg.run_name or "sweep")
+
+
+def _fit_or_restore(resume: bool, path: Path, trainable: Any, new_tuner: Any) -> Any:
+    """``tuner.fit()`` of a new Tuner, or of the one saved at ``path`` when resuming (a killed driver): Tune
+    reruns no finished trial, and an interrupted one restarts its Ray Train run, which continues from its last
+    registered checkpoint (same run name and storage) in the same MLflow run (the checkpoint carries its id)."""
+    from ray import tune
+
+    if resume and tune.Tuner.can_restore(str(path)):
+        print(f"[armada] resuming {path}", flush=True)
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
+    return new_tuner().fit()
+
+
 def run_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> tuple[Any, Path]:
     """Run (or resume with ``resume=true``) the Tune sweep; returns (ResultGrid, sweep folder)."""
     from ray import tune
 
-    sweep_name = cfg.run_name or "sweep"
-    storage = cfg.work_dir / "runs" / cfg.experiment
-    sweep_dir = storage / sweep_name
+    sweep_dir = sweep_dir_of(cfg)
+    sweep_name, storage = sweep_dir.name, sweep_dir.parent
     sweep_dir.mkdir(parents=True, exist_ok=True)
     base = cfg.model_dump(mode="json")
     base.update(run_name=None, resume=False)
@@ -162,11 +180,8 @@ def run_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> tuple[Any, Path]:
         tune.with_parameters(_trial_driver, base=base, parent_run_id=parent_run_id, sweep_dir=str(sweep_dir)),
         DRIVER_RESOURCES,
     )
-    if cfg.resume and tune.Tuner.can_restore(str(sweep_dir)):
-        print(f"[armada] resuming sweep {sweep_dir}", flush=True)
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
+    def new_tuner() -> Any:
+        return tune.Tuner(
             trainable,
             param_space=build_param_space(cfg),
             tune_config=tune.TuneConfig(
@@ -178,7 +193,7 @@ def run_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> tuple[Any, Path]:
             run_config=tune.RunConfig(name=sweep_name, storage_path=str(storage), verbose=console.tune_verbosity(),
                                       callbacks=_console_callbacks()),
         )
-    return tuner.fit(), sweep_dir
+    return _fit_or_restore(cfg.resume, sweep_dir, trainable, new_tuner), sweep_dir
 
 
 def collect_trials(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -251,7 +266,7 @@ def shared_search_space(cfg: ArmadaConfig) -> dict[str, Any]:
 def run_baseline_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> dict[str, Any]:
     """The baseline's own sweep over the shared search space (same num_samples): its best params on dev."""
     bcfg = cfg.model_copy(update={
-        "run_name": f"{cfg.run_name}-baseline", "resume": False,
+        "run_name": f"{cfg.run_name}-baseline",
         "loss": cfg.loss.model_copy(update={"mode": "baseline"}),
         "tune": cfg.tune.model_copy(update={"search_space": shared_search_space(cfg)})})
     print(f"[armada] the baseline gets the trials' budget over what they share: a sweep of "
@@ -315,13 +330,14 @@ def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dic
         print(f"[armada] comparison: {len(todo)} run(s), up to {cfg.tune.max_concurrent_trials} at once", flush=True)
         trainable = tune.with_resources(
             tune.with_parameters(_run_driver, base=base, parent_run_id=parent_run_id), DRIVER_RESOURCES)
-        tune.Tuner(
+        name = f"{Path(cfg.run_name or 'sweep').name}-comparison"
+        storage = cfg.work_dir / "runs" / cfg.experiment
+        _fit_or_restore(cfg.resume, storage / name, trainable, lambda: tune.Tuner(
             trainable, param_space={"run": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent_trials),
-            run_config=tune.RunConfig(name=f"{Path(cfg.run_name or 'sweep').name}-comparison",
-                                      storage_path=str(cfg.work_dir / "runs" / cfg.experiment),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                       verbose=console.tune_verbosity(), callbacks=_console_callbacks()),
-        ).fit()
+        ))
     for run in todo:
         summary = cfg.work_dir / "runs" / cfg.experiment / run["name"] / "summary.json"
         if not summary.exists():  # the run failed: its error is in the Tune trial's log
@@ -414,13 +430,35 @@ def resolve_sweep_name(cfg: ArmadaConfig) -> ArmadaConfig:
     """The sweep's name: given, the latest sweep of the experiment when resuming, or a new timestamped one."""
     if cfg.run_name:
         return cfg
-    if cfg.resume:
-        sweeps = sorted((cfg.work_dir / "runs" / cfg.experiment).glob("*/tuner.pkl"), key=lambda p: p.stat().st_mtime)
+    if cfg.resume:  # the baseline's and the comparison's Tune folders carry no SWEEP_FILE
+        sweeps = sorted((cfg.work_dir / "runs" / cfg.experiment).glob(f"*/{SWEEP_FILE}"),
+                        key=lambda p: p.stat().st_mtime)
         if not sweeps:
             raise ConfigError(f"config error: resume=true but no earlier sweep under "
                               f"{cfg.work_dir / 'runs' / cfg.experiment}; set run_name=<sweep>")
         return cfg.model_copy(update={"run_name": sweeps[-1].parent.name})
     return cfg.model_copy(update={"run_name": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"})
+
+
+def open_sweep_parent(cfg: ArmadaConfig, tags: dict[str, str]) -> Any:
+    """The sweep's parent MLflow run (``armada.kind=sweep``), its id kept in the sweep folder's ``SWEEP_FILE``
+    so that a sweep resumed after its driver was killed reattaches to it: the trials, which reattach by name
+    under their parent, then never open a second run."""
+    from armada_ray.tracking import RunTracker
+
+    sweep_dir = sweep_dir_of(cfg)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    marker = sweep_dir / SWEEP_FILE
+    known = json.loads(marker.read_text()).get("mlflow_parent_run_id") if cfg.resume and marker.exists() else None
+    if not cfg.tracking.enabled:
+        parent = RunTracker.disabled(cfg, local_dir=sweep_dir, run_name=cfg.run_name, kind=KIND_SWEEP)
+    else:
+        parent = RunTracker.start(cfg, run_name=cfg.run_name or "sweep", kind=KIND_SWEEP, run_id=known, tags=tags,
+                                  local_dir=sweep_dir)
+        if parent.run_id != known:  # a new run (a reattached one keeps the config it was started with)
+            parent.log_config(cfg)
+    marker.write_text(json.dumps({"run_name": cfg.run_name, "mlflow_parent_run_id": parent.run_id}))
+    return parent
 
 
 def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
@@ -429,7 +467,7 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
     from armada_ray.preflight import preflight_if_submitted
     from armada_ray.ray_utils import ensure_ray
     from armada_ray.tasks import task_spec
-    from armada_ray.tracking import RunTracker, standard_tags
+    from armada_ray.tracking import standard_tags
     from armada_ray.train.trainer import worker_env, check_plan, teacher_fingerprint_id
 
     preflight_if_submitted(cfg, "tune")  # a `ray job submit` entrypoint checks its plan before any work
@@ -438,10 +476,7 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
     check_sweep(cfg, [spec.metric, *getattr(spec, "extra_metrics", [])])
     check_plan(cfg)
     t0 = time.perf_counter()
-    parent = (RunTracker.start(cfg, run_name=cfg.run_name, kind="tune",
-                               tags=standard_tags(cfg, teacher_fingerprint_id(cfg)))
-              if cfg.tracking.enabled else RunTracker.disabled(cfg))
-    parent.log_config(cfg)
+    parent = open_sweep_parent(cfg, standard_tags(cfg, teacher_fingerprint_id(cfg)))
     from armada_ray.cache import MANIFEST, open_cache_for
 
     cache = open_cache_for(cfg) if cfg.loss.mode == "armada" else None

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from _ray_train import registered_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "cluster"))
@@ -97,16 +98,6 @@ def job_logs(cluster: LocalCluster, sub_id: str) -> str:
     return ray_cli(cluster, "job", "logs", sub_id, "--address", cluster.dashboard_url).stdout
 
 
-def committed_epochs(run_dir: Path) -> list[int]:
-    """Epochs whose checkpoint Ray Train's controller has registered (its checkpoint manager snapshot)."""
-    snap = run_dir / "ray" / "train" / "checkpoint_manager_snapshot.json"
-    try:
-        results = json.loads(snap.read_text()).get("checkpoint_results") or []
-    except (OSError, ValueError):
-        return []
-    return sorted(int(r["metrics"]["epoch"]) for r in results if "epoch" in (r.get("metrics") or {}))
-
-
 def wait_for(cluster: LocalCluster, sub_id: str, deadline: float, until=None) -> str:
     """Poll until the job is terminal (or ``until()`` is true); stop the job at the deadline."""
     last_status = 0.0
@@ -181,9 +172,9 @@ def test_worker_node_killed_mid_training_resumes_from_its_checkpoint(cluster, wo
     sub_id = submit(cluster, [f"paths.work_dir={work_dir}", "run_name=node-kill", f"train.epochs={epochs}"], "kill")
     # wait until the first epoch's checkpoint is registered by the Train controller (a checkpoint that is only
     # reported, not yet taken by the controller's poll, dies with the worker), then kill the worker node
-    got = wait_for(cluster, sub_id, deadline, until=lambda: bool(committed_epochs(run_dir)))
+    got = wait_for(cluster, sub_id, deadline, until=lambda: bool(registered_epochs(run_dir / "ray" / "train")))
     assert got == "CONDITION", f"the job ended ({got}) before its first checkpoint"
-    assert max(committed_epochs(run_dir)) < epochs, "training finished before the kill"
+    assert max(registered_epochs(run_dir / "ray" / "train")) < epochs, "training finished before the kill"
     victim = next(n for n in cluster.nodes if n.index != 0 and not n.stopped)
     cluster.kill_node(victim)
     print(f"killed {victim.role} (session {victim.pid}) at {time.monotonic() - t0:.0f} s")

@@ -72,7 +72,7 @@ def test_tracking_server_down_at_start_is_a_clear_error(tmp_path):
 
     cfg = load_config(JOBS / "demo.yaml", [f"paths.work_dir={tmp_path}", "tracking.uri=http://127.0.0.1:9"])
     with pytest.raises(TrackingUnavailable, match="127.0.0.1:9"):
-        RunTracker.start(cfg, run_name="sweep", kind="tune")
+        RunTracker.start(cfg, run_name="sweep", kind="sweep")
 
 
 @pytest.mark.slow

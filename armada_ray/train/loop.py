@@ -200,7 +200,8 @@ class ArmadaWorker:
             return RunTracker.disabled(cfg)
         try:
             tracker = RunTracker.start(
-                cfg, run_name=cfg.run_name or "train", kind="train", parent_run_id=parent_run_id,
+                cfg, run_name=cfg.run_name or "train", kind="trial" if parent_run_id else "train",
+                parent_run_id=parent_run_id,
                 run_id=self.state.get("mlflow_run_id"), tags=standard_tags(cfg, self.session.teacher_fingerprint_id),
             )
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training

@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from _ray_train import registered_epochs
 
 from armada_ray.config import load_config
 
@@ -24,26 +27,15 @@ SMALL = ["task.name=pang_lee_polarity", "task.max_train=32", "task.max_dev=16", 
          "scaling.cpus_per_worker=1"]
 
 
-def _registered_epochs(run_dir: Path) -> list[int]:
-    """Epochs whose checkpoint Ray Train's controller has registered (a reported checkpoint not yet taken by the
-    controller's poll dies with the worker)."""
-    snap = run_dir / "ray" / "train" / "checkpoint_manager_snapshot.json"
-    try:
-        results = json.loads(snap.read_text()).get("checkpoint_results") or []
-    except (OSError, ValueError):
-        return []
-    return sorted(int(r["metrics"]["epoch"]) for r in results if "epoch" in (r.get("metrics") or {}))
-
-
 def _kill_the_worker_after_epoch_one(run_dir: Path, killed: dict, deadline: float) -> None:
     from ray.util.state import list_actors
 
     while time.monotonic() < deadline:
-        if 1 in _registered_epochs(run_dir):
+        if 1 in registered_epochs(run_dir / "ray" / "train"):
             for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
                 if actor.pid:
                     os.kill(actor.pid, signal.SIGKILL)
-                    killed["pid"], killed["after_epochs"] = actor.pid, _registered_epochs(run_dir)
+                    killed["pid"], killed["after_epochs"] = actor.pid, registered_epochs(run_dir / "ray" / "train")
             return
         time.sleep(0.2)
 
@@ -91,3 +83,70 @@ def test_a_killed_train_worker_resumes_to_the_same_next_step_loss_in_one_mlflow_
     assert {m.step for m in points} == {1, 2, 3}
     last = {m.step: m.value for m in sorted(points, key=lambda m: m.timestamp)}
     assert [last[e] for e in (1, 2, 3)] == pytest.approx([h["dev_metric"] for h in h_killed])
+
+
+SWEEP = [*SMALL, "train.epochs=2", "tune.num_samples=2", "tune.max_concurrent_trials=1", "tune.scheduler=fifo",
+         "tune.include_baseline=false", "tune.seeds=[]", "run_name=sweep-killed"]
+
+
+def _tune_driver(work: Path, address: str, log: Path, *extra: str) -> subprocess.Popen:
+    """``armada tune`` as a user runs it against a running cluster (here: this session's local Ray)."""
+    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "armada_ray.cli", "tune", "--config", str(JOBS / "demo.yaml"),
+                             f"paths.work_dir={work}", *SWEEP, *extra, "--json"], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_killed_sweep_driver_is_restored_with_no_duplicate_trial_runs(tmp_path, ray_local):
+    """The sweep's driver SIGKILLed while its first trial is mid-training; ``resume=true`` restores the sweep: the
+    interrupted trial continues from its last registered checkpoint (its first epoch is not trained again), the
+    other trial runs, and MLflow holds one parent with exactly one child per trial, all finished."""
+    from mlflow import MlflowClient
+
+    from armada_ray.embed import run_embed
+
+    run_embed(load_config(JOBS / "demo.yaml", [f"paths.work_dir={tmp_path}", *SMALL]))
+    address = ray_local.get_runtime_context().gcs_address
+    sweep_dir = tmp_path / "runs" / "demo" / "sweep-killed"
+    first = _tune_driver(tmp_path, address, tmp_path / "first.log")
+    deadline, at_kill = time.monotonic() + 600, None
+    while time.monotonic() < deadline and first.poll() is None:
+        done = {p.parents[2].name: registered_epochs(p.parent)
+                for p in sweep_dir.glob("trial-*/ray/trial-*/checkpoint_manager_snapshot.json")}
+        if any(1 in e for e in done.values()):
+            os.kill(first.pid, signal.SIGKILL)
+            at_kill = done
+            break
+        time.sleep(0.3)
+    first.wait(timeout=30)
+    log = (tmp_path / "first.log").read_text()
+    assert at_kill is not None, f"the driver was never killed mid-trial (rc {first.returncode}):\n{log[-3000:]}"
+    assert all(max(e, default=0) < 2 for e in at_kill.values()), at_kill  # no trial had finished
+
+    second = _tune_driver(tmp_path, address, tmp_path / "second.log", "resume=true")
+    rc = second.wait(timeout=900)
+    out = (tmp_path / "second.log").read_text()
+    assert rc == 0, out[-4000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["trials"] == 2 and result["trials_errored"] == 0, result
+    assert f"resuming {sweep_dir}" in out
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("demo")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("armada.kind") == "sweep"]
+    assert [p.info.run_name for p in parents] == ["sweep-killed"], [p.info.run_name for p in parents]
+    parent = parents[0]
+    assert parent.info.run_id == result["mlflow_parent_run_id"] and parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    names = sorted(r.info.run_name for r in children)
+    assert len(names) == 2 and len(set(names)) == 2, names  # one run per trial, none opened twice
+    assert {r.data.tags.get("armada.kind") for r in children} == {"trial"}
+    assert all(r.info.status == "FINISHED" for r in children), [(r.info.run_name, r.info.status) for r in children]
+    interrupted = [r for r in children if r.info.run_name.endswith(next(iter(at_kill)))]
+    assert len(interrupted) == 1, (names, at_kill)
+    points = client.get_metric_history(interrupted[0].info.run_id, "dev_metric")
+    # the interrupted trial resumed from its epoch-1 checkpoint: epoch 1 was trained (and logged) once
+    assert sorted(m.step for m in points) == [1, 2], [(m.step, m.value) for m in points]
