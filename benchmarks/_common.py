@@ -130,3 +130,30 @@ def window_rate(times: list[float]) -> float | None:
     if len(times) < 2 or times[-1] <= times[0]:
         return None
     return (len(times) - 1) / (times[-1] - times[0])
+
+
+def embed_killed_midway(overrides: list[str], cache_root: Path, target_rows: int, env: dict[str, str],
+                        timeout_s: float = 300) -> tuple[bool, int]:
+    """Start ``armada embed`` with ``overrides`` as a CLI subprocess in its own process group and SIGKILL the
+    whole group once the cache under ``cache_root`` has ``target_rows`` rows (or at ``timeout_s``).
+    Returns (killed while still running, rows cached at the kill)."""
+    proc = subprocess.Popen([sys.executable, "-m", "armada_ray.cli", "embed", *overrides], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cached = 0
+    try:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and proc.poll() is None:
+            found = list(cache_root.glob("*/manifest.json"))
+            if found:
+                try:
+                    cached = json.loads(found[0].read_text())["total_rows"]
+                except (ValueError, KeyError):  # a manifest being replaced: read it at the next poll
+                    pass
+                if cached >= target_rows:
+                    break
+            time.sleep(0.05)
+    finally:
+        running = proc.poll() is None
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    return running, cached

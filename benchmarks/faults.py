@@ -1,7 +1,7 @@
 """The fault suite's counts (issue 13): nothing lost, nothing answered twice, every bad input a clear answer,
 no secret leaked.
 
-Four parts, all on loopback with real ``armada serve-teacher`` processes (MiniLM stand-in, max_length 32):
+Five parts, all on loopback with real ``armada serve-teacher`` processes (MiniLM stand-in, max_length 32):
 
 a. **Bad inputs**: every case of ``benchmarks/fault_cases.py`` (malformed configs, values, overrides, data files
    and rows) through ``armada_ray.cli.main`` in this process, before any Ray: ``bad_inputs_clear`` counts exit 2
@@ -19,6 +19,9 @@ c. **Kill**: ``armada embed`` as a CLI child (own local Ray) against a server wi
 d. **Secrets**: ``fault_cases.secrets_check``: a key through ``teacher.api_key_env`` (to a server that checks it),
    one inside ``teacher.endpoint``, a wrong one; grep of every file written (work dirs, caches, MLflow stores and
    artifacts, both Ray sessions' logs), everything printed, a saved config.yaml and its MLflow params/tags.
+e. **Kills and protocol junk, as tests**: ``tests/faults/test_kills.py`` (a Ray Train worker SIGKILLed mid-epoch;
+   the ``armada tune`` driver SIGKILLed mid-trial and the sweep resumed) and ``tests/faults/test_protocol_junk.py``
+   (a raw-socket server's junk replies), run by pytest in a child process and counted from its JUnit report.
 
 value = rows lost (b + c). Full: 2,000 rows in (b) and (c), saved to benchmarks/results/faults.json.
 --quick: 200 rows, printed only.
@@ -32,7 +35,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import emit  # noqa: E402
+from benchmarks._common import emit, embed_killed_midway  # noqa: E402
 from benchmarks.fault_cases import (  # noqa: E402
     ROOT,
     SERVER_TOKEN_ENV,
@@ -165,27 +167,8 @@ def kill_case(server: Server, work: Path, rows: int) -> dict[str, Any]:
             "embed.flush_every_s=0.5", "cache.shard_rows=8", *task_overrides("tweet_sentiment", rows)]
     server.reset()
     ray_tmp = Path(tempfile.mkdtemp(prefix="afk", dir="/tmp"))
-    proc = subprocess.Popen([sys.executable, "-m", "armada_ray.cli", "embed", *over], cwd=ROOT,
-                            env=child_env(RAY_TMPDIR=str(ray_tmp)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    target = max(24, int(rows * 0.3))
-    cached_at_kill = 0
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            found = list((work / "cache").glob("*/manifest.json"))
-            if found:
-                try:
-                    cached_at_kill = json.loads(found[0].read_text())["total_rows"]
-                except (ValueError, KeyError):
-                    pass
-                if cached_at_kill >= target:
-                    break
-            time.sleep(0.05)
-    finally:
-        killed_running = proc.poll() is None
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+    killed_running, _ = embed_killed_midway(over, work / "cache", max(24, int(rows * 0.3)),
+                                            child_env(RAY_TMPDIR=str(ray_tmp)))
     at_kill = server.stats(texts=True)["texts"]
     cfg = load_config(None, over)
     cache = open_cache_for(cfg)
@@ -207,6 +190,36 @@ def kill_case(server: Server, work: Path, rows: int) -> dict[str, Any]:
             "tmp_files_at_kill": len(tmp_files), "verify_at_kill": verify_at_kill, "rerun_rc": rc,
             "rerun_s": round(rerun_s, 1), **acc, "duplicates": duplicates, "answered_then_lost": asked_again,
             "requests_on_the_wire_limit_texts": on_wire, "passed": passed}
+
+
+# the kill cases and the raw-socket protocol junk live as tests (tests/faults); the benchmark runs and counts them
+PYTEST_PARTS = {
+    "kill_train_worker": "tests/faults/test_kills.py::test_a_killed_train_worker_resumes_to_the_same_next_step_loss"
+                         "_in_one_mlflow_run",
+    "kill_sweep_driver": "tests/faults/test_kills.py::test_a_killed_sweep_driver_is_restored_with_no_duplicate_trial"
+                         "_runs",
+    "protocol_junk": "tests/faults/test_protocol_junk.py",
+}
+
+
+def pytest_part(target: str, scratch: Path) -> dict[str, Any]:
+    """Run ``target`` with pytest in a child process; its cases, outcomes and wall time from the JUnit report."""
+    import xml.etree.ElementTree as ET
+
+    report = scratch / f"junit-{abs(hash(target))}.xml"
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pytest", target, "-q", "-p", "no:cacheprovider",
+                           f"--junitxml={report}"], cwd=ROOT, env=child_env(), capture_output=True, text=True)
+    cases = {}
+    if report.exists():
+        for case in ET.parse(report).getroot().iter("testcase"):
+            bad = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
+            cases[case.get("name")] = bad[0] if bad else "passed"
+    passed = proc.returncode == 0 and bool(cases) and all(v == "passed" for v in cases.values())
+    out = {"cases": cases, "passed": passed, "wall_s": round(time.monotonic() - t0, 1)}
+    if not passed:
+        out["tail"] = (proc.stdout + proc.stderr)[-1500:]
+    return out
 
 
 def main() -> None:
@@ -261,7 +274,13 @@ def main() -> None:
     finally:
         for s in servers:
             s.stop()
+    # e. the Ray Train worker kill, the sweep driver kill and the protocol junk server (tests/faults)
+    for part, target in PYTEST_PARTS.items():
+        if not args.quick:
+            parts[part] = pytest_part(target, scratch)
     api, kill, sec = parts.get("api_faults", {}), parts.get("kill_embed_driver", {}), parts.get("secrets", {})
+
+    kills = [kill] + [parts[p] for p in ("kill_train_worker", "kill_sweep_driver") if p in parts]
 
     def total(key: str) -> int | None:
         vals = [p.get(key) for p in (api, kill)]
@@ -275,14 +294,15 @@ def main() -> None:
         "bad_inputs_tried": parts["bad_inputs"]["tried"],
         "bad_inputs_clear": parts["bad_inputs"]["clear"],
         "secrets_leaked": sec.get("secrets_leaked"),
-        "kill_cases_tried": 1,
-        "kill_cases_passed": int(bool(kill.get("passed"))),
+        "kill_cases_tried": len(kills),
+        "kill_cases_passed": sum(bool(k.get("passed")) for k in kills),
         "wall_s": round(time.monotonic() - t_all, 1),
         "parts": parts,
     })
     notes.append("duplicates/answered_then_lost sum parts b and c; in c, up to "
                  f"{KILL_IN_FLIGHT * KILL_BATCH} texts (the requests on the wire at the kill) are allowed")
-    notes.append("not covered here: the raw-socket protocol junk server, a Ray Train worker kill, a sweep driver kill")
+    notes.append("kill cases: the embed driver (part c, counted here), a Ray Train worker and a sweep driver "
+                 "(tests/faults/test_kills.py, run by pytest; --quick skips them and the protocol junk tests)")
     result["notes"] = notes
     shutil.rmtree(scratch, ignore_errors=True)
     result = {"name": result.pop("name"), "value": result.pop("value"), "unit": result.pop("unit"), **result}

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from armada_ray import environ  # noqa: E402
-from benchmarks._common import ROOT, ServeTeacher, emit, window_rate  # noqa: E402
+from benchmarks._common import ROOT, ServeTeacher, embed_killed_midway, emit, window_rate  # noqa: E402
 
 
 def task_overrides(rows: int) -> list[str]:
@@ -148,26 +146,8 @@ def main() -> None:
         server.reset()
         env = {**environ.snapshot(), "PYTHONUNBUFFERED": "1"}
         env.pop("RAY_ADDRESS", None)
-        proc = subprocess.Popen([sys.executable, "-m", "armada_ray.cli", "embed", *over], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        target = max(64, int(rows * 0.35))
-        cached_at_kill = 0
-        try:
-            deadline = time.time() + 300
-            while time.time() < deadline and proc.poll() is None:
-                found = list((work / "c" / "cache").glob("*/manifest.json"))
-                if found:
-                    try:
-                        cached_at_kill = json.loads(found[0].read_text())["total_rows"]
-                    except ValueError:
-                        pass
-                    if cached_at_kill >= target:
-                        break
-                time.sleep(0.05)
-        finally:
-            killed_running = proc.poll() is None
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+        killed_running, cached_at_kill = embed_killed_midway(over, work / "c" / "cache",
+                                                             max(64, int(rows * 0.35)), env)
         at_kill = server.stats(texts=True)["texts"]
         cache_c = open_cache_for(cfg_c)
         kept = set(cache_c.keys()) if cache_c is not None else set()

@@ -29,7 +29,8 @@ def armada(cwd: Path, *args: str, timeout: int = 420) -> dict:
 
 
 @pytest.mark.slow
-def test_embed_probe_train_eval_on_the_default_relative_work_dir(tmp_path):
+@pytest.mark.timeout(1200)
+def test_embed_probe_train_eval_export_tune_on_the_default_relative_work_dir(tmp_path):
     (tmp_path / "jobs").symlink_to(ROOT / "jobs")  # `--config jobs/demo.yaml` from a checkout's root
     work = tmp_path / "armada_runs"
     embed = armada(tmp_path, "embed")["json"]
@@ -55,10 +56,22 @@ def test_embed_probe_train_eval_on_the_default_relative_work_dir(tmp_path):
     assert exported["ran_in"]["ray_task"] is False and Path(exported["export_dir"]).is_relative_to(work / "exports")
     assert (Path(exported["export_dir"]) / "armada_student.json").is_file()
 
+    # the sweep: one trial and the undistilled baseline (the demo's search space shares nothing with it, so it is
+    # one run; the seeded comparison is tested in test_tune.py)
+    sweep = armada(tmp_path, "tune", "tune.num_samples=1", "tune.seeds=[]", "tune.include_baseline=true")["json"]
+    assert Path(sweep["sweep_dir"]).is_relative_to(work / "runs" / "demo") and sweep["trials"] == 1
+    assert sweep["baseline_dev_metric"] is not None and Path(sweep["export_dir"]).is_relative_to(work / "exports")
+
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     exp = client.get_experiment_by_name("demo")
-    kinds = sorted(r.data.tags.get("armada.kind") for r in client.search_runs([exp.experiment_id]))
-    assert {"train", "probe"} <= set(kinds), kinds
+    runs = client.search_runs([exp.experiment_id])
+    kinds = sorted(r.data.tags.get("armada.kind") for r in runs)
+    assert {"train", "probe", "sweep", "trial"} <= set(kinds), kinds
+    # issue 13: every trial and the baseline under the one sweep parent the user browses
+    parent = next(r for r in runs if r.info.run_id == sweep["mlflow_parent_run_id"])
+    assert parent.data.tags["armada.kind"] == "sweep" and parent.info.status == "FINISHED"
+    children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    assert len(children) == 2 and sum(c.endswith("/baseline") for c in children) == 1, children
     assert not list(tmp_path.glob("**/session_*/artifacts/**/armada_runs"))
