@@ -442,11 +442,11 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
                                tags=standard_tags(cfg, teacher_fingerprint_id(cfg)))
               if cfg.tracking.enabled else RunTracker.disabled(cfg))
     parent.log_config(cfg)
-    from armada_ray.cache import MANIFEST, open_cache_for
+    from armada_ray.cache import open_cache_for
 
     cache = open_cache_for(cfg) if cfg.loss.mode == "armada" else None
     if cache is not None:
-        parent.log_cache_dataset(cache.path / MANIFEST, name=f"teacher-cache-{cache.fingerprint_id}")
+        parent.log_cache_dataset(cache.dataset_view())
     import os
 
     for k, v in worker_env(cfg).items():

@@ -209,11 +209,11 @@ class ArmadaWorker:
         if self.state.get("mlflow_run_id") is None:
             tracker.log_config(cfg)
             if self.distill:
-                from armada_ray.cache import MANIFEST, open_cache_for
+                from armada_ray.cache import open_cache_for
 
                 cache = open_cache_for(cfg)
                 if cache is not None:
-                    tracker.log_cache_dataset(cache.path / MANIFEST, name=f"teacher-cache-{cache.fingerprint_id}")
+                    tracker.log_cache_dataset(cache.dataset_view())
         self.state["mlflow_run_id"] = tracker.run_id
         return tracker
 
