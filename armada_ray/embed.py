@@ -453,10 +453,10 @@ def run_embed(cfg: ArmadaConfig) -> dict[str, Any]:
 def _track_embed(cfg: ArmadaConfig, stats: dict[str, Any]) -> dict[str, Any]:
     """Record the embed job as an MLflow run (stats as metrics, the cache as dataset input); best effort:
     a tracking problem never costs an embedding job that has already paid for its queries."""
-    from armada_ray.tracking import RunTracker, standard_tags
+    from armada_ray.tracking import KIND_EMBED, RunTracker, standard_tags
 
     try:
-        tracker = RunTracker.start(cfg, run_name=f"embed-{cfg.task.name}", kind="embed",
+        tracker = RunTracker.start(cfg, run_name=f"embed-{cfg.task.name}", kind=KIND_EMBED,
                                    tags=standard_tags(cfg, stats["fingerprint_id"]), local_dir=Path(stats["cache_path"]))
     except ConfigError as exc:
         print(f"embed: warning: not tracked in MLflow ({exc})", flush=True)
