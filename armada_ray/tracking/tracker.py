@@ -111,7 +111,7 @@ class RunTracker:
     ) -> RunTracker:
         """Open (or reattach to) the run ``run_name`` in experiment ``cfg.experiment``.
 
-        ``kind``: what the run is (``train``, ``trial``, ``sweep``, ``eval``...), tagged ``armada.kind``.
+        ``kind``: what the run is (a ``KIND_*`` name of :mod:`armada_ray.tracking.tags`), tagged ``armada.kind``.
         ``parent_run_id``: make it a child run (a sweep trial). ``run_id``: reattach to that run (a resumed
         trial keeps its run). Without ``run_id``, a child whose name already exists under the same parent
         is reattached too, so a restarted trial never duplicates its run. ``tags`` are added to
