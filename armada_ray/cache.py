@@ -27,6 +27,9 @@ Layout (DESIGN §5)::
   the requests still on the wire (issue 13: 16 % of a killed run's answers were asked and paid for again).
 - ``lookup`` reads only the shards and row groups that hold the requested keys, one shard at a time, and
   only the vector column.
+- A run that trained on the cache records it as its dataset input: :func:`dataset_view` is how the cache
+  presents itself there (a name, its fingerprint id as digest, one row per shard), so tracking needs no
+  knowledge of the manifest.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import os
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -548,6 +552,40 @@ class TeacherCache:
         out = self.path / STATS
         _atomic_write_text(out, json.dumps(stats, indent=1, sort_keys=True, default=str))
         return out
+
+    def dataset_view(self) -> DatasetView:
+        """This cache as a run's dataset input (see :func:`dataset_view`)."""
+        return dataset_view(self.path)
+
+
+@dataclass(frozen=True)
+class DatasetView:
+    """How a cache folder presents itself as a run's dataset input (an MLflow dataset)."""
+
+    name: str  # teacher-cache-<fingerprint_id>
+    digest: str  # the fingerprint id: the same vectors have the same digest in every run
+    source: Path  # the cache folder
+    manifest: Path  # its manifest.json, kept with the run
+    rows: tuple[dict[str, Any], ...]  # one per shard (file, rows, bytes, sha256, ...); none yet: the manifest's scalars
+
+
+def _cell(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool)) or value is None else json.dumps(value, default=str)
+
+
+def dataset_view(cache_path: str | os.PathLike[str]) -> DatasetView:
+    """The dataset view of the cache folder ``cache_path`` as its manifest lists it now (shards added by other
+    writers included). OSError when the manifest cannot be read, CacheError when it is not JSON."""
+    folder = Path(cache_path)
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CacheError(f"teacher cache {folder}: {MANIFEST} is not valid JSON ({exc})") from None
+    digest = str(manifest.get("fingerprint_id") or folder.name)
+    shards = manifest.get("shards") or [{k: v for k, v in manifest.items() if not isinstance(v, (list, dict))}]
+    rows = tuple({k: _cell(v) for k, v in entry.items()} for entry in shards)
+    return DatasetView(name=f"teacher-cache-{digest}", digest=digest, source=folder.resolve(), manifest=path, rows=rows)
 
 
 def open_cache_for(cfg: Any) -> TeacherCache | None:

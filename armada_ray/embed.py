@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from armada_ray.cache import ReplyJournal, TeacherCache, cache_key
+from armada_ray.cache import ReplyJournal, TeacherCache, cache_key, dataset_view
 from armada_ray.config import (
     ArmadaConfig,
     ConfigError,
@@ -453,11 +453,10 @@ def run_embed(cfg: ArmadaConfig) -> dict[str, Any]:
 def _track_embed(cfg: ArmadaConfig, stats: dict[str, Any]) -> dict[str, Any]:
     """Record the embed job as an MLflow run (stats as metrics, the cache as dataset input); best effort:
     a tracking problem never costs an embedding job that has already paid for its queries."""
-    from armada_ray.cache import MANIFEST
-    from armada_ray.tracking import RunTracker, standard_tags
+    from armada_ray.tracking import KIND_EMBED, RunTracker, standard_tags
 
     try:
-        tracker = RunTracker.start(cfg, run_name=f"embed-{cfg.task.name}", kind="embed",
+        tracker = RunTracker.start(cfg, run_name=f"embed-{cfg.task.name}", kind=KIND_EMBED,
                                    tags=standard_tags(cfg, stats["fingerprint_id"]), local_dir=Path(stats["cache_path"]))
     except ConfigError as exc:
         print(f"embed: warning: not tracked in MLflow ({exc})", flush=True)
@@ -466,6 +465,6 @@ def _track_embed(cfg: ArmadaConfig, stats: dict[str, Any]) -> dict[str, Any]:
                         "embed.concurrency": cfg.embed.concurrency})
     tracker.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                         step=0)
-    tracker.log_cache_dataset(Path(stats["cache_path"]) / MANIFEST, name=f"teacher-cache-{stats['fingerprint_id']}")
+    tracker.log_cache_dataset(dataset_view(stats["cache_path"]))
     tracker.end("FINISHED")
     return {"mlflow_run_id": tracker.run_id}

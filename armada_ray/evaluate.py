@@ -123,12 +123,12 @@ def evaluate_on_cluster(cfg: ArmadaConfig, path: str | Path, split: str = "dev")
 
 def run_eval(cfg: ArmadaConfig) -> dict[str, Any]:
     """``armada eval``: score, write predictions, and record the evaluation as an MLflow run."""
-    from armada_ray.tracking import RunTracker, standard_tags
+    from armada_ray.tracking import KIND_EVAL, RunTracker, standard_tags
 
     path = cfg.eval.checkpoint or best_checkpoint_of(cfg)
     checkpoint_config(path)  # a folder that is not a checkpoint is refused here, before Ray starts
     result = evaluate_on_cluster(cfg, path, cfg.eval.split)
-    tracker = RunTracker.start(cfg, run_name=f"eval-{cfg.task.name}-{cfg.eval.split}", kind="eval",
+    tracker = RunTracker.start(cfg, run_name=f"eval-{cfg.task.name}-{cfg.eval.split}", kind=KIND_EVAL,
                                tags=standard_tags(cfg, None), local_dir=Path(result["predictions"]).parent)
     tracker.log_params({"eval.checkpoint": str(path), "eval.split": cfg.eval.split, "task.name": cfg.task.name})
     tracker.log_metrics({f"{cfg.eval.split}_{k}": v for k, v in result["metrics"].items()}, step=0)

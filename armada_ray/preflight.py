@@ -40,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from armada_ray.config import ArmadaConfig, ConfigError
+from armada_ray.config import ArmadaConfig, ConfigError, redact_url_credentials
+from armada_ray.environ import submission_id, submitted_job_config
+from armada_ray.tracking import check_tracking_store
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
 PROBE_TIMEOUT_S = 5.0
@@ -429,8 +431,6 @@ def _check_cluster(cfg: ArmadaConfig, command: str, res: dict[str, Any], check: 
 
 
 def _check_tracking(cfg: ArmadaConfig, check: Check) -> None:
-    from armada_ray.tracking import check_tracking_store, redact_url_credentials
-
     if not cfg.tracking.enabled:
         check.set(SKIP, "tracking.enabled=false")
         return
@@ -545,8 +545,6 @@ def submitted_job_id() -> str | None:
     Ray's job supervisor hands the entrypoint ``RAY_JOB_CONFIG_JSON_ENV_VAR`` (runtime env + metadata with
     ``job_submission_id``); a plain driver or a Ray worker does not have it.
     """
-    from armada_ray.ray_utils import submission_id, submitted_job_config
-
     if submitted_job_config() is None:
         return None
     return submission_id() or "submitted"

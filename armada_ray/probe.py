@@ -113,12 +113,12 @@ def run_probe(cfg: ArmadaConfig) -> dict[str, Any]:
     result = probe_for_config(cfg)
     print(f"[armada probe] task {result['task']} ({result['train_rows']} train / {result['dev_rows']} dev rows): "
           f"{probe_line(result)}", flush=True)
-    from armada_ray.tracking import RunTracker
+    from armada_ray.tracking import KIND_PROBE, RunTracker
 
     if cfg.tracking.enabled:
         try:
             name = f"probe-{cfg.task.name}"
-            tracker = RunTracker.start(cfg, run_name=name, kind="probe",
+            tracker = RunTracker.start(cfg, run_name=name, kind=KIND_PROBE,
                                        local_dir=cfg.work_dir / "runs" / cfg.experiment / name)
             tracker.log_metrics({k: float(v) for k, v in result.items()
                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})

@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable
+
+from armada_ray.environ import job_config_section, submitted_job_config
 
 
 def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -40,33 +41,6 @@ def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
     return {"address": "local", "started_local": True}
 
 
-JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-
-
-def submitted_job_config() -> dict[str, Any] | None:
-    """The job config Ray's job supervisor hands a ``ray job submit`` entrypoint (runtime env, metadata with
-    ``job_submission_id``); None in a plain driver or a Ray worker, ``{}`` when it does not parse."""
-    raw = os.environ.get(JOB_CONFIG_ENV)
-    if not raw:
-        return None
-    try:
-        config = json.loads(raw)
-    except ValueError:
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def _section(config: dict[str, Any], key: str) -> dict[str, Any]:
-    value = config.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def submission_id() -> str | None:
-    """This process's ``ray job submit`` submission id, if it is a submitted job's entrypoint and has one."""
-    sub = _section(submitted_job_config() or {}, "metadata").get("job_submission_id")
-    return str(sub) if sub else None
-
-
 def _without_job_env_vars(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
     """Drop env vars that a submitted job's own runtime env already sets.
 
@@ -77,7 +51,7 @@ def _without_job_env_vars(runtime_env: dict[str, Any] | None) -> dict[str, Any] 
     job = submitted_job_config()
     if not job or not runtime_env or not runtime_env.get("env_vars"):
         return runtime_env
-    job_vars = _section(_section(job, "runtime_env"), "env_vars")
+    job_vars = job_config_section(job_config_section(job, "runtime_env"), "env_vars")
     env_vars = {k: v for k, v in runtime_env["env_vars"].items() if k not in job_vars}
     return {**runtime_env, "env_vars": env_vars} if env_vars else {k: v for k, v in runtime_env.items()
                                                                    if k != "env_vars"}

@@ -291,9 +291,9 @@ def _write(cfg: ArmadaConfig, result: dict[str, Any]) -> None:
         return
     try:
         from armada_ray import plots
-        from armada_ray.tracking import RunTracker
+        from armada_ray.tracking import KIND_REPORT, RunTracker
 
-        tracker = RunTracker.start(cfg, run_name=f"report-{cfg.name}", kind="report", local_dir=out)
+        tracker = RunTracker.start(cfg, run_name=f"report-{cfg.name}", kind=KIND_REPORT, local_dir=out)
         tracker.log_metrics({k: float(result[k]) for k in ("value", "gain_ci95_low", "wall_s")
                              if isinstance(result.get(k), (int, float)) and math.isfinite(result[k])})
         tracker.log_figure(plots.plot_ablation(result["cells"], result["probes"]), "plots/ablation.png")

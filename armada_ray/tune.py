@@ -25,7 +25,6 @@ from armada_ray.train import checkpoint as ckpt
 REPORTED_METRICS = {"dev_metric", "best_dev_metric", "train_loss", "first_step_loss", "samples_per_s", "epoch",
                     "epoch_s", "aligner_loss", "aligner_dev_metric", "loss_task", "loss_soft", "loss_manifold"}
 SWEEP_FILE = "sweep.json"  # marks a sweep's folder; keeps its parent MLflow run id for a resume
-KIND_SWEEP = "sweep"  # armada.kind of the parent run; its trials are "trial"
 DRIVER_RESOURCES = {"cpu": 0.01}  # {"cpu": 0} is refused by Tune (NOTES.md)
 
 
@@ -444,7 +443,7 @@ def open_sweep_parent(cfg: ArmadaConfig, tags: dict[str, str]) -> Any:
     """The sweep's parent MLflow run (``armada.kind=sweep``), its id kept in the sweep folder's ``SWEEP_FILE``
     so that a sweep resumed after its driver was killed reattaches to it: the trials, which reattach by name
     under their parent, then never open a second run."""
-    from armada_ray.tracking import RunTracker
+    from armada_ray.tracking import KIND_SWEEP, RunTracker
 
     sweep_dir = sweep_dir_of(cfg)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -477,11 +476,11 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
     check_plan(cfg)
     t0 = time.perf_counter()
     parent = open_sweep_parent(cfg, standard_tags(cfg, teacher_fingerprint_id(cfg)))
-    from armada_ray.cache import MANIFEST, open_cache_for
+    from armada_ray.cache import open_cache_for
 
     cache = open_cache_for(cfg) if cfg.loss.mode == "armada" else None
     if cache is not None:
-        parent.log_cache_dataset(cache.path / MANIFEST, name=f"teacher-cache-{cache.fingerprint_id}")
+        parent.log_cache_dataset(cache.dataset_view())
     import os
 
     for k, v in worker_env(cfg).items():

@@ -693,14 +693,14 @@ def secrets_check(scratch: Path, token_server: Server, open_server: Server) -> d
           {CLIENT_KEY_ENV: wrong_key}, timeout=120)
     # 4. a URL key where a config is saved and logged (as `armada train` does before Ray): config.yaml, MLflow
     from armada_ray.config import ConfigError, load_config, save_config
-    from armada_ray.tracking import RunTracker, standard_tags
+    from armada_ray.tracking import KIND_TRAIN, RunTracker, standard_tags
 
     work = scratch / "saved"
     folders.append(work)
     cfg = load_config(None, [f"paths.work_dir={work}", "teacher.kind=http",
                              f"teacher.endpoint=https://user:{url_key}@api.example.com/v1", "name=faults-secrets"])
     save_config(cfg, work / "run")
-    tracker = RunTracker.start(cfg, run_name="secrets", kind="train", tags=standard_tags(cfg, None))
+    tracker = RunTracker.start(cfg, run_name="secrets", kind=KIND_TRAIN, tags=standard_tags(cfg, None))
     tracker.log_config(cfg)
     tracker.log_params({"teacher.endpoint": cfg.teacher.endpoint})
     tracker.end("FINISHED")

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from armada_ray.cache import CacheError, CacheMismatchError, TeacherCache, cache_key, open_cache_for
+from armada_ray.cache import CacheError, CacheMismatchError, TeacherCache, cache_key, dataset_view, open_cache_for
 from armada_ray.config import ConfigError, load_config
 from armada_ray.teachers.base import fingerprint_id
 
@@ -170,6 +170,23 @@ def test_quarantine_stats_and_open_cache_for(tmp_path: Path) -> None:
     assert opened is not None and opened.path == cache.path and len(opened) == 1
     st = opened.stats()
     assert st["rows"] == 1 and st["quarantine_lines"] == 2 and st["dim"] == 8
+
+
+def test_dataset_view_describes_the_cache_by_its_manifest(tmp_path: Path) -> None:
+    cache = TeacherCache(tmp_path, FP, 8)
+    empty = cache.dataset_view()  # no shard yet: one row of the manifest's scalars
+    assert empty.digest == cache.fingerprint_id and empty.name == f"teacher-cache-{cache.fingerprint_id}"
+    [row] = empty.rows
+    assert row["fingerprint_id"] == cache.fingerprint_id and row["dim"] == 8 and "fingerprint" not in row
+    _fill(cache, ["a", "b"])
+    TeacherCache(tmp_path, FP, 8).write_shard([cache.key_for("c")], _vecs(1))  # another writer's shard counts
+    view = cache.dataset_view()
+    assert view.source == cache.path and view.manifest == cache.path / "manifest.json"
+    assert [r["rows"] for r in view.rows] == [2, 1] and all(len(r["sha256"]) == 64 for r in view.rows)
+    assert dataset_view(cache.path) == view
+    (cache.path / "manifest.json").write_text("{not json")
+    with pytest.raises(CacheError, match="manifest.json"):
+        cache.dataset_view()
 
 
 def test_two_writers_share_one_folder(tmp_path: Path) -> None:

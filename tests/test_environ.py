@@ -6,7 +6,7 @@ import os
 import threading
 
 from armada_ray import environ
-from armada_ray.tracking import scrub_params
+from armada_ray.tracking.scrub import scrub_params
 
 
 def _churn(stop: threading.Event, prefix: str) -> None:

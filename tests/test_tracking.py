@@ -14,28 +14,31 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from armada_ray.cache import dataset_view
 from armada_ray.config import ArmadaConfig, load_config
 from armada_ray.plots import plot_dev_curves
 from armada_ray.tracking import (
-    FALLBACK_FILE,
+    KIND_SWEEP,
+    KIND_TRIAL,
+    RunTracker,
+    TrackingFallbackWarning,
+    TrackingUnavailable,
+    run_ui,
+    standard_tags,
+    start_sweep_parent,
+)
+from armada_ray.tracking.scrub import is_secret_name, scrub_params
+from armada_ray.tracking.tags import (
     MLFLOW_PARENT_TAG,
     TAG_KIND,
     TAG_STAND_IN,
     TAG_STUDENT,
     TAG_TASK,
     TAG_TEACHER_FINGERPRINT,
-    RunTracker,
-    TrackingFallbackWarning,
-    TrackingUnavailable,
-    _group_alive,
     git_commit,
-    is_secret_name,
-    run_ui,
-    scrub_params,
-    standard_tags,
-    start_mlflow_server,
-    start_sweep_parent,
 )
+from armada_ray.tracking.tracker import FALLBACK_FILE
+from armada_ray.tracking.ui import group_alive, start_mlflow_server
 
 FAKE_KEY = "sk-armada-test-0123456789abcdef"
 
@@ -92,7 +95,7 @@ def test_sweep_parent_with_two_children_reads_back(work_dir: Path, tmp_path: Pat
     children = []
     for i in range(2):
         child = RunTracker.start(
-            cfg, f"trial-{i}", "trial", parent_run_id=parent.run_id, tags=standard_tags(cfg, "fp-0123abcd"),
+            cfg, f"trial-{i}", KIND_TRIAL, parent_run_id=parent.run_id, tags=standard_tags(cfg, "fp-0123abcd"),
             local_dir=tmp_path / f"trial-{i}",
         )
         child.log_params({"loss": {"alpha": 0.25 * (i + 1)}, "trial": i})
@@ -103,7 +106,7 @@ def test_sweep_parent_with_two_children_reads_back(work_dir: Path, tmp_path: Pat
         note.write_text("hello")
         child.log_artifact(note, "notes")
         child.log_figure(plot_dev_curves({"trial": [0.5, 0.6, 0.7]}), "plots/dev_curves.png")
-        child.log_cache_dataset(manifest, "teacher-cache")
+        child.log_cache_dataset(dataset_view(manifest.parent))
         child.end()
         children.append(child)
     parent.log_metrics({"best_dev_metric": 1.7})
@@ -118,7 +121,7 @@ def test_sweep_parent_with_two_children_reads_back(work_dir: Path, tmp_path: Pat
 
     p = client.get_run(parent.run_id)
     assert p.info.status == "FINISHED"
-    assert p.data.tags[TAG_KIND] == "sweep"
+    assert p.data.tags[TAG_KIND] == KIND_SWEEP == "sweep"
     assert p.data.params["loss.alpha"] == str(cfg.loss.alpha)
     assert p.data.metrics["best_dev_metric"] == pytest.approx(1.7)
     assert "config.yaml" in [a.path for a in client.list_artifacts(parent.run_id)]
@@ -126,7 +129,7 @@ def test_sweep_parent_with_two_children_reads_back(work_dir: Path, tmp_path: Pat
     for i, child in enumerate(children):
         run = client.get_run(child.run_id)
         tags = run.data.tags
-        assert tags[TAG_KIND] == "trial"
+        assert tags[TAG_KIND] == KIND_TRIAL == "trial"
         assert tags[MLFLOW_PARENT_TAG] == parent.run_id
         assert tags[TAG_TASK] == "bbc_topics" and tags[TAG_STUDENT] == cfg.student.model
         assert tags[TAG_STAND_IN] == "true" and tags[TAG_TEACHER_FINGERPRINT] == "fp-0123abcd"
@@ -141,7 +144,7 @@ def test_sweep_parent_with_two_children_reads_back(work_dir: Path, tmp_path: Pat
         assert [a.path for a in client.list_artifacts(child.run_id, "plots")] == ["plots/dev_curves.png"]
         assert [a.path for a in client.list_artifacts(child.run_id, "teacher_cache")] == ["teacher_cache/manifest.json"]
         (dataset_input,) = run.inputs.dataset_inputs
-        assert dataset_input.dataset.name == "teacher-cache"
+        assert dataset_input.dataset.name == "teacher-cache-fp-0123abcd"
         assert dataset_input.dataset.digest == "fp-0123abcd"
         assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "teacher_cache"
         assert not (tmp_path / f"trial-{i}" / FALLBACK_FILE).exists()  # nothing fell back
@@ -293,7 +296,7 @@ def test_server_going_down_mid_run_falls_back_to_jsonl(tmp_path: Path, monkeypat
         tracker.log_metrics({"dev_metric": 0.1}, step=0)
     finally:
         assert server.stop() is not None
-    assert not _group_alive(server.pid)
+    assert not group_alive(server.pid)
 
     artifact = tmp_path / "after.txt"
     artifact.write_text("written while the server was down")
@@ -318,7 +321,7 @@ def test_server_going_down_mid_run_falls_back_to_jsonl(tmp_path: Path, monkeypat
     # the server comes back: after RETRY_AFTER_S a quick probe succeeds and logging resumes there
     server = start_mlflow_server(backend, tmp_path / "server-artifacts", port)
     try:
-        monkeypatch.setattr("armada_ray.tracking.RETRY_AFTER_S", 0.0)
+        monkeypatch.setattr("armada_ray.tracking.tracker.RETRY_AFTER_S", 0.0)
         tracker.log_metrics({"dev_metric": 0.9}, step=9)
         assert not tracker.degraded
         tracker.end()

@@ -21,8 +21,9 @@ import pytest
 
 from armada_ray.config import load_config
 from armada_ray.plots import plot_dev_curves
-from armada_ray.tracking import (EXPERIMENT_KIND_TAG, TRAINING_VIEW, RunTracker, port_in_use, standard_tags,
-                                 start_sweep_parent)
+from armada_ray.tracking import RunTracker, standard_tags, start_sweep_parent
+from armada_ray.tracking.tags import EXPERIMENT_KIND_TAG
+from armada_ray.tracking.ui import TRAINING_VIEW, port_in_use
 from armada_ray.tune import sweep_markdown
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -193,14 +193,14 @@ class ArmadaWorker:
         self.session.log(f"resumed from checkpoint after epoch {self.state['epoch']}")
 
     def _start_tracker(self, parent_run_id: str | None) -> Any:
-        from armada_ray.tracking import RunTracker, standard_tags
+        from armada_ray.tracking import KIND_TRAIN, KIND_TRIAL, RunTracker, standard_tags
 
         cfg = self.cfg
         if not cfg.tracking.enabled:
             return RunTracker.disabled(cfg)
         try:
             tracker = RunTracker.start(
-                cfg, run_name=cfg.run_name or "train", kind="trial" if parent_run_id else "train",
+                cfg, run_name=cfg.run_name or "train", kind=KIND_TRIAL if parent_run_id else KIND_TRAIN,
                 parent_run_id=parent_run_id,
                 run_id=self.state.get("mlflow_run_id"), tags=standard_tags(cfg, self.session.teacher_fingerprint_id),
             )
@@ -210,11 +210,11 @@ class ArmadaWorker:
         if self.state.get("mlflow_run_id") is None:
             tracker.log_config(cfg)
             if self.distill:
-                from armada_ray.cache import MANIFEST, open_cache_for
+                from armada_ray.cache import open_cache_for
 
                 cache = open_cache_for(cfg)
                 if cache is not None:
-                    tracker.log_cache_dataset(cache.path / MANIFEST, name=f"teacher-cache-{cache.fingerprint_id}")
+                    tracker.log_cache_dataset(cache.dataset_view())
         self.state["mlflow_run_id"] = tracker.run_id
         return tracker
 
