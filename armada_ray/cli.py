@@ -19,10 +19,6 @@ from typing import Any, Callable
 from armada_ray.config import ArmadaConfig, ConfigError, load_config
 
 
-class NotAvailableError(RuntimeError):
-    """A subcommand whose stage has not landed yet."""
-
-
 # name -> (implementation "module:function", one-line help, longer description)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "embed": (
@@ -82,7 +78,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "armada_ray.demo:run_demo",
         "the embedded default end to end on one box (local Ray, loopback teacher, sweep, export)",
         "Starts local Ray and the loopback teacher server with a real stand-in teacher, embeds an offline task, "
-        "trains and evaluates, and prints a summary table. Stages whose issue has not landed are named.",
+        "trains and evaluates, and prints a summary table.",
     ),
     "ui": (
         "armada_ray.tracking:run_ui",
@@ -119,13 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _resolve(target: str) -> Callable[..., dict[str, Any]]:
     module_name, fn_name = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("armada_ray"):
-            raise NotAvailableError(f"not available yet ({module_name} has not landed)") from None
-        raise
-    return getattr(module, fn_name)
+    return getattr(importlib.import_module(module_name), fn_name)
 
 
 def _print_result(result: dict[str, Any], as_json: bool) -> None:
@@ -178,9 +168,6 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
-    except NotAvailableError as exc:
-        print(f"armada {args.command}: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"armada {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -10,24 +10,17 @@ A rerun reuses the teacher cache (the embed stage then queries nothing).
 
 from __future__ import annotations
 
-import importlib
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from armada_ray.config import ArmadaConfig
-
-
-def _stage(name: str, modules: list[str]) -> bool:
-    """True when every module of a stage has landed; otherwise name the stage as not available."""
-    for m in modules:
-        try:
-            importlib.import_module(m)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("armada_ray"):
-                print(f"[armada demo] stage '{name}': not available yet ({exc.name} has not landed)", flush=True)
-                return False
-            raise
-    return True
+from armada_ray.embed import run_embed
+from armada_ray.evaluate import evaluate_on_cluster
+from armada_ray.probe import try_probe
+from armada_ray.ray_utils import ensure_ray
+from armada_ray.teachers.server import start_server_in_thread
+from armada_ray.tune import comparison_lines, run_tune
 
 
 def _timed(label: str, fn: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], float]:
@@ -40,30 +33,18 @@ def _timed(label: str, fn: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any]
 def run_demo(cfg: ArmadaConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     summary: dict[str, Any] = {"work_dir": str(cfg.work_dir), "stages": {}}
-    if not _stage("local Ray + teacher server", ["armada_ray.ray_utils", "armada_ray.teachers.server"]):
-        return summary
-    from armada_ray.ray_utils import ensure_ray
-    from armada_ray.teachers.server import start_server_in_thread
-
     ensure_ray()
     server = start_server_in_thread(cfg.server)
     print(f"[armada demo] teacher server at {server.url} hosting {cfg.server.teacher.model} "
           f"(a STAND-IN teacher: real pretrained text-embedding vectors in place of a vision-language teacher)",
           flush=True)
     try:
-        if _stage("embed", ["armada_ray.embed"]):
-            from armada_ray.embed import run_embed
-
-            stats, dt = _timed("embed: teacher fan-out into the cache", lambda: run_embed(cfg))
-            summary["stages"]["embed"] = {**stats, "wall_s": round(dt, 1)}
-            summary["probe"] = _probe(cfg)
-        if _stage("tune", ["armada_ray.tune", "armada_ray.train.trainer", "armada_ray.tracking"]):
-            from armada_ray.tune import run_tune
-
-            sweep, dt = _timed("tune: sweep of ARMADA trials + undistilled baseline", lambda: run_tune(cfg))
-            summary["stages"]["tune"] = {**sweep, "wall_s": round(dt, 1)}
-            if _stage("eval", ["armada_ray.evaluate"]):
-                _eval_and_export(cfg, sweep, summary)
+        stats, dt = _timed("embed: teacher fan-out into the cache", lambda: run_embed(cfg))
+        summary["stages"]["embed"] = {**stats, "wall_s": round(dt, 1)}
+        summary["probe"] = _probe(cfg)
+        sweep, dt = _timed("tune: sweep of ARMADA trials + undistilled baseline", lambda: run_tune(cfg))
+        summary["stages"]["tune"] = {**sweep, "wall_s": round(dt, 1)}
+        _eval_and_export(cfg, sweep, summary)
     finally:
         server.stop()
     summary["wall_s"] = round(time.perf_counter() - t_start, 1)
@@ -73,18 +54,12 @@ def run_demo(cfg: ArmadaConfig) -> dict[str, Any]:
 
 def _probe(cfg: ArmadaConfig) -> dict[str, Any] | None:
     """The teacher's ceiling on the task (``armada probe``), printed before any training."""
-    from armada_ray.probe import try_probe
-
     result, line = try_probe(cfg)
     print(f"[armada demo] {line}", flush=True)
     return result
 
 
 def _eval_and_export(cfg: ArmadaConfig, sweep: dict[str, Any], summary: dict[str, Any]) -> None:
-    from pathlib import Path
-
-    from armada_ray.evaluate import evaluate_on_cluster
-
     rows = {}
     best_label = f"ARMADA best ({sweep['best_trial'].split('/')[-1]}, export)"
     runs = [(best_label, sweep["export_dir"], sweep["best_dev_metric"])]
@@ -122,8 +97,6 @@ def _print_table(cfg: ArmadaConfig, summary: dict[str, Any]) -> None:
             print(f"{label:<36}{dev:>14}{r['test']:>15.4f}")
     comparison = summary.get("comparison")
     if comparison and results:
-        from armada_ray.tune import comparison_lines
-
         print("\n" + "\n".join(comparison_lines(comparison, next(iter(results.values()))["metric"])))
     probe, tune = summary.get("probe"), stages.get("tune", {})
     if probe:

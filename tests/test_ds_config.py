@@ -112,7 +112,7 @@ def test_zero3_builds_the_student_partitioned_and_it_still_trains(monkeypatch):
 
     from armada_ray.config import StudentConfig
     from armada_ray.model import build_student
-    from armada_ray.model.student import trainable_parameters
+    from armada_ray.model.build import trainable_parameters
     from armada_ray.train import ops
     from armada_ray.train.ds_config import load_dtype, zero3_init_context
     from armada_ray.train.session import init_local_process_group

