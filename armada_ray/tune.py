@@ -443,19 +443,13 @@ def open_sweep_parent(cfg: ArmadaConfig, tags: dict[str, str]) -> Any:
     """The sweep's parent MLflow run (``armada.kind=sweep``), its id kept in the sweep folder's ``SWEEP_FILE``
     so that a sweep resumed after its driver was killed reattaches to it: the trials, which reattach by name
     under their parent, then never open a second run."""
-    from armada_ray.tracking import KIND_SWEEP, RunTracker
+    from armada_ray.tracking import start_sweep_parent
 
     sweep_dir = sweep_dir_of(cfg)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     marker = sweep_dir / SWEEP_FILE
     known = json.loads(marker.read_text()).get("mlflow_parent_run_id") if cfg.resume and marker.exists() else None
-    if not cfg.tracking.enabled:
-        parent = RunTracker.disabled(cfg, local_dir=sweep_dir, run_name=cfg.run_name, kind=KIND_SWEEP)
-    else:
-        parent = RunTracker.start(cfg, run_name=cfg.run_name or "sweep", kind=KIND_SWEEP, run_id=known, tags=tags,
-                                  local_dir=sweep_dir)
-        if parent.run_id != known:  # a new run (a reattached one keeps the config it was started with)
-            parent.log_config(cfg)
+    parent = start_sweep_parent(cfg, sweep_dir.name, run_id=known, tags=tags)
     marker.write_text(json.dumps({"run_name": cfg.run_name, "mlflow_parent_run_id": parent.run_id}))
     return parent
 

@@ -27,7 +27,7 @@ from armada_ray.tracking.scrub import (MAX_DIGEST_CHARS, clean_key, metric_value
                                        scrub_params, tag_value)
 from armada_ray.tracking.store import (TrackingFallbackWarning, TrackingUnavailable, artifact_root,
                                        check_tracking_store, client_for, ensure_experiment, open_run, unavailable)
-from armada_ray.tracking.tags import KIND_SWEEP, MLFLOW_NOTE_TAG, TAG_KIND, standard_tags
+from armada_ray.tracking.tags import KIND_SWEEP, MLFLOW_NOTE_TAG, RUN_KINDS, TAG_KIND, standard_tags
 from armada_ray.tracking.ui import ui_url
 
 if TYPE_CHECKING:  # mlflow, pandas and matplotlib are imported where used: a disabled tracker needs none of them
@@ -120,6 +120,8 @@ class RunTracker:
         Returns :meth:`disabled` when ``tracking.enabled`` is false; raises :class:`TrackingUnavailable`
         when the store cannot be reached.
         """
+        if kind not in RUN_KINDS:  # one vocabulary: the UI filters on armada.kind
+            raise ValueError(f"run kind {kind!r} is not one of {', '.join(RUN_KINDS)}")
         local = Path(local_dir) if local_dir is not None else cfg.run_dir
         if not cfg.tracking.enabled:
             return cls.disabled(cfg, local_dir=local, run_name=run_name, kind=kind)
@@ -504,8 +506,10 @@ def start_sweep_parent(
     tags: Mapping[str, Any] | None = None,
 ) -> RunTracker:
     """Open the parent run of a sweep (``armada.kind=sweep``) and log the config; trials then call
-    ``RunTracker.start(..., parent_run_id=parent.run_id)``. ``run_id`` reattaches (a restored sweep)."""
+    ``RunTracker.start(..., parent_run_id=parent.run_id)``. ``run_id`` reattaches (a restored sweep), which
+    keeps the config it was started with."""
     local = cfg.work_dir / "runs" / cfg.experiment / name
     parent = RunTracker.start(cfg, name, KIND_SWEEP, run_id=run_id, tags=tags, local_dir=local)
-    parent.log_config(cfg)
+    if parent.run_id is None or parent.run_id != run_id:
+        parent.log_config(cfg)
     return parent
