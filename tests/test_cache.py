@@ -17,7 +17,7 @@ import pytest
 
 from armada_ray.cache import CacheError, CacheMismatchError, TeacherCache, cache_key, open_cache_for
 from armada_ray.config import ConfigError, load_config
-from armada_ray.teachers.base import fingerprint_id
+from armada_ray.fingerprint import fingerprint_id
 
 FP = {"kind": "hf", "model": "unit-test", "pooling": "mean", "prompt_template": "{text}", "dim": 8}
 
@@ -157,7 +157,7 @@ def test_orphans_tmp_files_and_verify(tmp_path: Path) -> None:
 def test_quarantine_stats_and_open_cache_for(tmp_path: Path) -> None:
     cfg = load_config(None, ["teacher.kind=http", "teacher.dim=8", f"paths.work_dir={tmp_path}"])
     assert open_cache_for(cfg) is None
-    from armada_ray.teachers.base import teacher_fingerprint
+    from armada_ray.teachers.factory import teacher_fingerprint
 
     cache = TeacherCache(cfg.cache_root, teacher_fingerprint(cfg.teacher), 8)
     _fill(cache, ["a"])
