@@ -39,7 +39,8 @@ from armada_ray.config import (
     HFTeacherConfig,
     HttpTeacherConfig,
 )
-from armada_ray.teachers.base import TeacherError, build_teacher
+from armada_ray.teachers.base import TeacherError
+from armada_ray.teachers.factory import build_teacher
 
 _TEACHER_CFG = {"hf": HFTeacherConfig, "diffusion": DiffusionTeacherConfig, "http": HttpTeacherConfig}
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from armada_ray.cache import open_cache_for
 from armada_ray.config import ArmadaConfig, ConfigError
 
 NO_SIGNAL_POINTS = 2.0  # probe − floor, in points of the task metric (×100), below which we warn
@@ -93,7 +94,7 @@ def probe_for_config(cfg: ArmadaConfig) -> dict[str, Any]:
     """The probe on this config's task and teacher cache (a ConfigError when vectors are missing)."""
     from armada_ray.train.data import build_splits
 
-    spec, splits = build_splits(cfg, with_teacher=True)
+    spec, splits = build_splits(cfg, with_teacher=True, cache=open_cache_for(cfg))
     tr, dv = splits["train"], splits["dev"]
     return {"task": spec.name, **linear_probe(spec, tr.teacher, tr.labels, dv.teacher, dv.labels, seed=cfg.train.seed)}
 

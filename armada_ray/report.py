@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from armada_ray.cache import open_cache_for, resolve_teacher_identity
 from armada_ray.config import ArmadaConfig, ConfigError, apply_overrides, build_config
 
 # variant -> overrides on the setup's config (the controls keep the setup's own manifold loss)
@@ -110,7 +111,8 @@ def check_report_plan(cfg: ArmadaConfig) -> list[tuple[str, ArmadaConfig, bool]]
             if "transfer" in cfg.report.variants:  # its rows need teacher vectors too
                 from armada_ray.train.data import build_splits
 
-                build_splits(cell_config(scfg, "transfer", cfg.report.seeds[0]), with_teacher=True)
+                tcfg = cell_config(scfg, "transfer", cfg.report.seeds[0])
+                build_splits(tcfg, with_teacher=True, cache=open_cache_for(tcfg))
         except ConfigError as exc:
             problems += [f"report setup {name!r}: {p}" for p in exc.problems]
     if problems:
@@ -125,7 +127,8 @@ def run_cell(cfg: ArmadaConfig, session: Any) -> dict[str, Any]:
     from armada_ray.train.loop import ArmadaWorker
 
     t0 = time.perf_counter()
-    worker = ArmadaWorker(cfg, session, parent_run_id=None, eval_test=True)
+    teacher = resolve_teacher_identity(cfg) if cfg.loss.mode == "armada" else None  # the cell's driver is here
+    worker = ArmadaWorker(cfg, session, parent_run_id=None, eval_test=True, teacher=teacher)
     t_ready = time.perf_counter()
     worker.run()
     state = worker.state

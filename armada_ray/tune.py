@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from armada_ray import console
+from armada_ray.cache import dataset_view
 from armada_ray.config import ArmadaConfig, ConfigError, apply_overrides, build_config, save_config
+from armada_ray.fingerprint import TeacherIdentity
 from armada_ray.train import checkpoint as ckpt
 
 # Metrics the training loop reports every epoch (plus dev_<name> for each of the task's metrics).
@@ -86,8 +88,11 @@ def check_sweep(cfg: ArmadaConfig, metric_names: list[str]) -> None:
 
 
 def _trial_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str | None,
-                  sweep_dir: str) -> None:
+                  sweep_dir: str, teacher: dict[str, Any] | None = None) -> None:
     """One Tune trial: build and fit the trial's TorchTrainer (runs inside a Tune trial actor).
+
+    ``teacher``: the sweep driver's teacher identity (JSON), handed on to the trial's workers; only a trial whose
+    search-space values change the teacher itself resolves its own (``cache.resolve_teacher_identity``).
 
     The scheduler may stop this actor as soon as the last epoch is reported (ASHA at ``max_t``), so nothing
     after ``fit()`` is relied on: the trial's facts are written before, and its checkpoints speak for it.
@@ -106,8 +111,12 @@ def _trial_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id
                                                          "run_name": cfg.run_name,
                                                          "checkpoint_storage": ckpt.run_storage(cfg)}))
     trainer = build_trainer(cfg, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()],
-                            name=f"trial-{trial_id}")
+                            name=f"trial-{trial_id}", teacher=_identity(teacher))
     trainer.fit()
+
+
+def _identity(teacher: dict[str, Any] | None) -> TeacherIdentity | None:
+    return TeacherIdentity.from_json(teacher) if teacher else None
 
 
 def _console_callbacks() -> list[Any]:
@@ -164,8 +173,10 @@ def _fit_or_restore(resume: bool, path: Path, trainable: Any, new_tuner: Any) ->
     return new_tuner().fit()
 
 
-def run_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> tuple[Any, Path]:
-    """Run (or resume with ``resume=true``) the Tune sweep; returns (ResultGrid, sweep folder)."""
+def run_sweep(cfg: ArmadaConfig, parent_run_id: str | None, teacher: TeacherIdentity | None = None
+              ) -> tuple[Any, Path]:
+    """Run (or resume with ``resume=true``) the Tune sweep; returns (ResultGrid, sweep folder). ``teacher``: the
+    teacher identity the driver resolved, for every trial."""
     from ray import tune
 
     sweep_dir = sweep_dir_of(cfg)
@@ -176,7 +187,8 @@ def run_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> tuple[Any, Path]:
     base["tracking"]["experiment"] = cfg.experiment
     base["paths"]["work_dir"] = str(cfg.work_dir)  # absolute: trial actors may run in another cwd
     trainable = tune.with_resources(
-        tune.with_parameters(_trial_driver, base=base, parent_run_id=parent_run_id, sweep_dir=str(sweep_dir)),
+        tune.with_parameters(_trial_driver, base=base, parent_run_id=parent_run_id, sweep_dir=str(sweep_dir),
+                             teacher=teacher.to_json() if teacher is not None else None),
         DRIVER_RESOURCES,
     )
     def new_tuner() -> Any:
@@ -277,7 +289,8 @@ def run_baseline_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> dict[str
     return best_trial(finished, cfg.tune.mode)
 
 
-def _run_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str | None) -> None:
+def _run_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str | None,
+                teacher: dict[str, Any] | None = None) -> None:
     """One run of the seeded comparison as a Tune trial: a full Ray Train run scored on test at its best dev
     epoch, its facts in the run's summary.json (read back by :func:`run_comparison`)."""
     from armada_ray.train.trainer import build_trainer, summarize_result
@@ -287,14 +300,14 @@ def _run_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: 
     print(f"[armada] comparison: {run['arm']} at seed {run['seed']} ({run['name']})", flush=True)
     t0 = time.perf_counter()
     result = build_trainer(cfg, parent_run_id=parent_run_id, name=run["name"].split("/")[-1],
-                           eval_test=True).fit()
+                           eval_test=True, teacher=_identity(teacher)).fit()
     if result.error:
         raise RuntimeError(f"{run['name']}: {result.error}")
     summarize_result(cfg, time.perf_counter() - t0)
 
 
 def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dict[str, Any],
-                   parent_run_id: str | None) -> dict[str, Any]:
+                   parent_run_id: str | None, teacher: TeacherIdentity | None = None) -> dict[str, Any]:
     """Best ARMADA config vs the undistilled baseline over ``tune.seeds`` (issue 12: not one run against the best
     of N). Each arm is trained once per seed with the same budget, selected on dev and scored on test at its best
     dev epoch; the sweep's own best trial stands for its seed. Returns both arms' runs, mean ± 95 % interval and
@@ -328,7 +341,8 @@ def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dic
     if todo:
         print(f"[armada] comparison: {len(todo)} run(s), up to {cfg.tune.max_concurrent_trials} at once", flush=True)
         trainable = tune.with_resources(
-            tune.with_parameters(_run_driver, base=base, parent_run_id=parent_run_id), DRIVER_RESOURCES)
+            tune.with_parameters(_run_driver, base=base, parent_run_id=parent_run_id,
+                                 teacher=teacher.to_json() if teacher is not None else None), DRIVER_RESOURCES)
         name = f"{Path(cfg.run_name or 'sweep').name}-comparison"
         storage = cfg.work_dir / "runs" / cfg.experiment
         _fit_or_restore(cfg.resume, storage / name, trainable, lambda: tune.Tuner(
@@ -461,27 +475,25 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
     from armada_ray.ray_utils import ensure_ray
     from armada_ray.tasks import task_spec
     from armada_ray.tracking import standard_tags
-    from armada_ray.train.trainer import worker_env, check_plan, teacher_fingerprint_id
+    from armada_ray.train.trainer import worker_env, check_plan, teacher_identity
 
     preflight_if_submitted(cfg, "tune")  # a `ray job submit` entrypoint checks its plan before any work
     cfg = resolve_sweep_name(cfg)
     spec = task_spec(cfg.task)
     check_sweep(cfg, [spec.metric, *getattr(spec, "extra_metrics", [])])
     check_plan(cfg)
+    teacher = teacher_identity(cfg)  # resolved once here; every trial's workers open the cache by it
     t0 = time.perf_counter()
-    parent = open_sweep_parent(cfg, standard_tags(cfg, teacher_fingerprint_id(cfg)))
-    from armada_ray.cache import open_cache_for
-
-    cache = open_cache_for(cfg) if cfg.loss.mode == "armada" else None
-    if cache is not None:
-        parent.log_cache_dataset(cache.dataset_view())
+    parent = open_sweep_parent(cfg, standard_tags(cfg, teacher.fingerprint_id if teacher is not None else None))
+    if teacher is not None:
+        parent.log_cache_dataset(dataset_view(teacher.cache_path))
     import os
 
     for k, v in worker_env(cfg).items():
         os.environ.setdefault(k, v)
     ensure_ray(runtime_env={"env_vars": worker_env(cfg)})
     try:
-        grid, sweep_dir = run_sweep(cfg, parent.run_id if cfg.tracking.enabled else None)
+        grid, sweep_dir = run_sweep(cfg, parent.run_id if cfg.tracking.enabled else None, teacher=teacher)
     except Exception:
         parent.end("FAILED")
         raise
@@ -508,7 +520,7 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
         baseline_params = bbest["params"]
         baseline = {"best_dev_metric": bbest["best_dev_metric"], "best_checkpoint": bbest["best_checkpoint"]}
     if cfg.tune.include_baseline and cfg.tune.seeds:
-        comparison = run_comparison(cfg, best, baseline_params, parent_id)
+        comparison = run_comparison(cfg, best, baseline_params, parent_id, teacher=teacher)
         seeded = [r for r in comparison["arms"]["baseline"]["runs"] if r.get("seed") == cfg.train.seed
                   and "error" not in r] or [r for r in comparison["arms"]["baseline"]["runs"] if "error" not in r]
         if baseline is None and seeded:

@@ -87,14 +87,14 @@ def _accounting(cfg: Any, answered: dict[str, int]) -> dict[str, Any]:
     """Unique prompts of ``cfg``'s task split into cached / quarantined / lost; which lost ones were answered."""
     from armada_ray.cache import cache_key, open_cache_for
     from armada_ray.embed import task_prompts
-    from armada_ray.teachers.base import teacher_fingerprint
+    from armada_ray.teachers.factory import teacher_fingerprint
     from armada_ray.teachers.server import text_digest
 
     prompts = {r["prompt"] for r in task_prompts(cfg)[0]}
     cache = open_cache_for(cfg)
     fid = cache.fingerprint_id if cache is not None else None
     if fid is None:
-        from armada_ray.teachers.base import fingerprint_id
+        from armada_ray.fingerprint import fingerprint_id
 
         fid = fingerprint_id(teacher_fingerprint(cfg.teacher, device=cfg.embed.teacher_device))
     quarantined: set[str] = set()

@@ -446,18 +446,20 @@ def flops_per_step(counts: dict[str, int], dataset: Any, batch: int) -> tuple[fl
 def leg_lora(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from armada_ray.cache import resolve_teacher_identity
     from armada_ray.train.data import lm_prompt
     from armada_ray.train.loop import WARMUP_STEPS, ArmadaWorker
 
     cfg = plan.config("smoke-lora")
     cache = write_teacher_cache(cfg)
+    teacher = resolve_teacher_identity(cfg)  # resolved once, as a driver does, and handed to the worker
     session_cls = _local_session_class()
     _reset_peak()
 
     t0 = time.perf_counter()
     first = session_cls.create(plan.device, quiet=False)
     first.store = plan.work / "kept-checkpoints" / "first"
-    worker = ArmadaWorker(cfg, first, parent_run_id=None)
+    worker = ArmadaWorker(cfg, first, parent_run_id=None, teacher=teacher)
     init_s = time.perf_counter() - t0
     frozen_bytes = sum(getattr(p, "ds_numel", p.numel()) * p.element_size()
                        for p in worker.engine.module.parameters() if not p.requires_grad)
@@ -482,7 +484,7 @@ def leg_lora(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     second = session_cls.create(plan.device, quiet=False)
     second.store, second.resume_from = plan.work / "kept-checkpoints" / "second", ckpt["path"]
     t0 = time.perf_counter()
-    resumed = ArmadaWorker(cfg, second, parent_run_id=None)
+    resumed = ArmadaWorker(cfg, second, parent_run_id=None, teacher=teacher)
     resume_init_s = time.perf_counter() - t0
     resumed_after = resumed.state["epoch"]
     resumed.run()
@@ -563,6 +565,7 @@ def _gpu_ds_config_on_cpu() -> Iterator[None]:
 
 
 def leg_offload(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
+    from armada_ray.cache import resolve_teacher_identity
     from armada_ray.train.loop import WARMUP_STEPS, ArmadaWorker
     from armada_ray.train.session import LocalSession
 
@@ -572,7 +575,8 @@ def leg_offload(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     _reset_peak()
     t0 = time.perf_counter()
     with contextlib.nullcontext() if plan.gpu else _gpu_ds_config_on_cpu():
-        worker = ArmadaWorker(cfg, LocalSession.create(plan.device), parent_run_id=None)
+        worker = ArmadaWorker(cfg, LocalSession.create(plan.device), parent_run_id=None,
+                              teacher=resolve_teacher_identity(cfg))
     init_s = time.perf_counter() - t0
     optimizer = type(getattr(worker.engine.optimizer, "optimizer", worker.engine.optimizer)).__name__
     out = worker.student_epoch(0)  # the training steps only: no dev generation with every parameter on the CPU

@@ -99,13 +99,15 @@ def interleaved(base: list[str], steps: int) -> dict:
     first alternates per batch. Separate runs could not resolve 5 %: single steps vary ±15 % here."""
     import numpy as np
 
+    from armada_ray.cache import resolve_teacher_identity
     from armada_ray.config import load_config
     from armada_ray.report import mean_ci95
     from armada_ray.train.loop import ArmadaWorker
     from armada_ray.train.session import LocalSession
 
     cfg = load_config(ROOT / "jobs" / "demo.yaml", base)
-    worker = ArmadaWorker(cfg, LocalSession.create(quiet=True), parent_run_id=None)
+    worker = ArmadaWorker(cfg, LocalSession.create(quiet=True), parent_run_id=None,
+                          teacher=resolve_teacher_identity(cfg))
     worker.fit_aligner()  # the aligner the student learns against (a per-run cost of seconds, not per step)
     worker.engine.train()
     worker.freeze_student_targets()  # what a student epoch does first (one aligner forward over the split)

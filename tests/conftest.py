@@ -54,3 +54,21 @@ def output_dir(request) -> Path:
     d = OUTPUT / request.node.name
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+@pytest.fixture
+def forbid_fingerprinting(monkeypatch):
+    """Every way of fingerprinting a teacher from its config raises: what a worker, given the driver's teacher
+    identity, must never do (an hf fingerprint hashes a node-local model folder)."""
+    from armada_ray import cache
+    from armada_ray.teachers import factory
+    from armada_ray.teachers.diffusion import DiffusionTeacher
+    from armada_ray.teachers.hf import HFTeacher
+    from armada_ray.teachers.http import HttpTeacher
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a worker fingerprinted the teacher")
+
+    for owner, name in ((cache, "teacher_fingerprint"), (factory, "teacher_fingerprint"), (factory, "build_teacher"),
+                        (HFTeacher, "fingerprint"), (DiffusionTeacher, "fingerprint"), (HttpTeacher, "fingerprint")):
+        monkeypatch.setattr(owner, name, boom)

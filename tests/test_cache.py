@@ -15,9 +15,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from armada_ray.cache import CacheError, CacheMismatchError, TeacherCache, cache_key, dataset_view, open_cache_for
+from armada_ray.cache import (
+    CacheError,
+    CacheMismatchError,
+    TeacherCache,
+    cache_key,
+    dataset_view,
+    open_cache,
+    open_cache_for,
+    resolve_teacher_identity,
+)
 from armada_ray.config import ConfigError, load_config
-from armada_ray.teachers.base import fingerprint_id
+from armada_ray.fingerprint import TeacherIdentity, fingerprint_id
+from armada_ray.teachers import factory
 
 FP = {"kind": "hf", "model": "unit-test", "pooling": "mean", "prompt_template": "{text}", "dim": 8}
 
@@ -157,7 +167,7 @@ def test_orphans_tmp_files_and_verify(tmp_path: Path) -> None:
 def test_quarantine_stats_and_open_cache_for(tmp_path: Path) -> None:
     cfg = load_config(None, ["teacher.kind=http", "teacher.dim=8", f"paths.work_dir={tmp_path}"])
     assert open_cache_for(cfg) is None
-    from armada_ray.teachers.base import teacher_fingerprint
+    from armada_ray.teachers.factory import teacher_fingerprint
 
     cache = TeacherCache(cfg.cache_root, teacher_fingerprint(cfg.teacher), 8)
     _fill(cache, ["a"])
@@ -187,6 +197,41 @@ def test_dataset_view_describes_the_cache_by_its_manifest(tmp_path: Path) -> Non
     (cache.path / "manifest.json").write_text("{not json")
     with pytest.raises(CacheError, match="manifest.json"):
         cache.dataset_view()
+
+
+def test_the_driver_resolves_the_teacher_once_and_a_worker_opens_the_cache_by_it(tmp_path: Path, request) -> None:
+    cfg = load_config(None, ["teacher.kind=http", "teacher.dim=8", f"paths.work_dir={tmp_path}"])
+    assert resolve_teacher_identity(cfg) is None  # never embedded
+    cache = TeacherCache(cfg.cache_root, factory.teacher_fingerprint(cfg.teacher), 8, "float32")
+    v = _fill(cache, ["a", "b"])
+    identity = resolve_teacher_identity(cfg)  # the driver's side
+    assert identity is not None and identity.fingerprint_id == cache.fingerprint_id
+    assert (identity.cache_path, identity.dim, identity.dtype) == (str(cache.path), 8, "float32")
+    assert identity.fingerprint == cache.fingerprint and identity.stand_in == cfg.teacher.stand_in
+    wire = json.loads(json.dumps(identity.to_json()))  # what a worker's config carries
+    assert TeacherIdentity.from_json(wire) == identity
+    with pytest.raises(ValueError, match="unknown field"):
+        TeacherIdentity.from_json({**wire, "extra": 1})
+
+    request.getfixturevalue("forbid_fingerprinting")  # from here on, as in a worker
+    opened = open_cache(TeacherIdentity.from_json(wire))
+    assert opened.path == cache.path and opened.fingerprint_id == identity.fingerprint_id
+    np.testing.assert_array_equal(opened.lookup([opened.key_for("b"), opened.key_for("a")]), v[::-1])
+    # the trainer reuses a known identity for the same teacher (the shuffle ablation reads the same vectors) ...
+    assert resolve_teacher_identity(cfg, known=identity) is identity
+    shuffled = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"shuffle": "pairs"})})
+    assert resolve_teacher_identity(shuffled, known=identity) is identity
+    # ... but a config with another teacher needs its own: it is resolved, not given the driver's
+    other = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"prompt_template": "a {text}"})})
+    with pytest.raises(AssertionError, match="fingerprinted"):
+        resolve_teacher_identity(other, known=identity)
+    # a node that cannot see the driver's cache folder says so
+    elsewhere = TeacherIdentity.from_json({**wire, "cache_path": str(tmp_path / "not-shared" / identity.fingerprint_id)})
+    with pytest.raises(ConfigError, match="every node reads"):
+        open_cache(elsewhere)
+    forged = TeacherIdentity.from_json({**wire, "fingerprint_id": "0" * 16})
+    with pytest.raises(CacheMismatchError, match="fingerprint_id"):
+        open_cache(forged)
 
 
 def test_two_writers_share_one_folder(tmp_path: Path) -> None:

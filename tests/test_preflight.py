@@ -37,7 +37,7 @@ def fill_cache(cfg) -> int:
     """Embed every prompt of the task in-process with the config's (hf) teacher, into its cache."""
     from armada_ray.cache import TeacherCache
     from armada_ray.tasks import load_task
-    from armada_ray.teachers.base import build_teacher
+    from armada_ray.teachers.factory import build_teacher
     from armada_ray.teachers.prompts import teacher_prompt
 
     teacher = build_teacher(cfg.teacher, device="cpu")

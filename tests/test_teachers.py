@@ -66,7 +66,7 @@ def test_hf_fingerprint_without_loading_weights() -> None:
     explicit = build_teacher(HFTeacherConfig(model="minilm", dtype="float32"), device="cpu").fingerprint()
     assert explicit == cpu  # auto on CPU is fp32: the same vectors, the same cache
     from armada_ray.config import load_config
-    from armada_ray.teachers.base import teacher_fingerprint
+    from armada_ray.teachers.factory import teacher_fingerprint
 
     gpu_embed = load_config(None, ["teacher={kind: hf, model: minilm}", "embed.num_gpus_per_actor=1"])
     assert teacher_fingerprint(gpu_embed.teacher, device=gpu_embed.embed.teacher_device)["dtype"] == "auto-cuda"

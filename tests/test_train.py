@@ -182,6 +182,27 @@ def test_teacher_shuffle_is_a_seeded_permutation():
     assert sorted(map(tuple, a)) == sorted(map(tuple, v))
 
 
+def test_the_trainer_hands_its_workers_the_drivers_teacher_identity(tmp_path, request):
+    """build_trainer puts the identity the driver resolved into train_loop_config (JSON); given it, nothing on the
+    way to the workers fingerprints the teacher again (a Tune trial builds its trainer this way)."""
+    from armada_ray.cache import TeacherCache, resolve_teacher_identity
+    from armada_ray.fingerprint import TeacherIdentity
+    from armada_ray.teachers.factory import teacher_fingerprint
+    from armada_ray.train.trainer import build_trainer
+
+    cfg = load_config(None, [f"paths.work_dir={tmp_path}", "teacher.kind=http", "teacher.dim=8", "loss.mode=armada",
+                             "run_name=identity"])
+    cache = TeacherCache(cfg.cache_root, teacher_fingerprint(cfg.teacher), 8)
+    cache.write_shard([cache.key_for("a")], np.zeros((1, 8), np.float32))
+    identity = resolve_teacher_identity(cfg)
+    request.getfixturevalue("forbid_fingerprinting")
+    config = build_trainer(cfg, teacher=identity).train_loop_config
+    assert TeacherIdentity.from_json(json.loads(json.dumps(config["teacher"]))) == identity
+    assert "fingerprint_id" not in config
+    baseline = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"mode": "baseline"})})
+    assert build_trainer(baseline, teacher=identity).train_loop_config["teacher"] is None
+
+
 def test_bad_plans_are_refused_before_cluster_time(work_dir):
     from armada_ray.train.trainer import check_plan
 

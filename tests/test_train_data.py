@@ -80,3 +80,34 @@ def test_pair_tasks_reach_the_student_through_its_pair_encoding():
     llama = load_tokenizer("tiny-llama")
     joined = encode_texts(llama, texts, pairs, 64)["input_ids"][0]
     assert llama.decode(joined, skip_special_tokens=True).strip() == "The Cat sat.\nA cat Is sitting."
+
+
+def test_a_worker_reads_its_teacher_vectors_by_the_drivers_identity(tmp_path, request):
+    """The driver resolves the teacher once; the worker's data path opens the cache by that identity (JSON, as in
+    its train_loop_config) and never fingerprints the teacher (an hf fingerprint hashes a node-local folder)."""
+    import json
+
+    from armada_ray.cache import TeacherCache, open_cache, resolve_teacher_identity
+    from armada_ray.config import load_config
+    from armada_ray.fingerprint import TeacherIdentity
+    from armada_ray.tasks import load_task
+    from armada_ray.teachers.factory import teacher_fingerprint
+    from armada_ray.teachers.prompts import teacher_prompt
+    from armada_ray.train.data import build_splits
+
+    cfg = load_config(None, [f"paths.work_dir={tmp_path}", "teacher.kind=http", "teacher.dim=8",
+                             "task.name=pang_lee_polarity", "task.max_train=12", "task.max_dev=6", "task.max_test=6"])
+    data = load_task(cfg.task)
+    prompts = sorted({teacher_prompt(cfg.teacher, data.spec, ex) for ex in data.train + data.dev})
+    cache = TeacherCache(cfg.cache_root, teacher_fingerprint(cfg.teacher), 8, "float32")
+    vectors = np.random.default_rng(0).standard_normal((len(prompts), 8)).astype(np.float32)
+    cache.write_shard([cache.key_for(p) for p in prompts], vectors)
+    wire = json.loads(json.dumps(resolve_teacher_identity(cfg).to_json()))  # the driver's side
+
+    request.getfixturevalue("forbid_fingerprinting")  # from here on, as in a worker
+    _, splits = build_splits(cfg, with_teacher=True, cache=open_cache(TeacherIdentity.from_json(wire)))
+    by_prompt = dict(zip(prompts, vectors))
+    for name in ("train", "dev"):
+        rows = getattr(data, name)
+        want = np.stack([by_prompt[teacher_prompt(cfg.teacher, data.spec, ex)] for ex in rows])
+        np.testing.assert_array_equal(splits[name].teacher, want)

@@ -1,4 +1,4 @@
-"""The teacher protocol, fingerprints, per-row results and the factory.
+"""The teacher protocol, per-row results and the helpers every kind shares.
 
 A *teacher* turns prompts into fixed-size vectors. Every kind (``hf``, ``diffusion``, ``http``) answers
 the same four things:
@@ -10,21 +10,22 @@ the same four things:
   bad row (a malformed reply, a wrong dimension, NaN) is quarantined instead of failing the job;
 - ``fingerprint() -> dict``: what determines the vectors (kind, model id + revision or endpoint + model
   name, generation settings, prompt template, output dim). Its stable short hash,
-  :func:`fingerprint_id`, names the cache folder, so a change of teacher or recipe never reuses stale
-  vectors. A fingerprint never holds a secret (API keys live only in environment variables).
+  :func:`armada_ray.fingerprint.fingerprint_id`, names the cache folder, so a change of teacher or recipe never
+  reuses stale vectors. A fingerprint never holds a secret (API keys live only in environment variables).
 
+This module imports none of the kinds; :mod:`armada_ray.teachers.factory` builds one from its config section.
 This package imports no Ray: ``embed.py`` wraps it in Ray Data actors.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from armada_ray.fingerprint import fingerprint_id
 
 FINGERPRINT_VERSION = 1
 
@@ -39,16 +40,6 @@ class TeacherAuthError(TeacherError):
 
 class TeacherUnavailableError(TeacherError):
     """The endpoint could not be reached (connection refused, DNS, timeouts) after every retry."""
-
-
-def canonical_json(obj: Any) -> str:
-    """The JSON text that fingerprints hash: sorted keys, no whitespace, ASCII only."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-
-
-def fingerprint_id(fingerprint: dict[str, Any]) -> str:
-    """Stable 16-hex-digit id of a fingerprint dict (sha256 of its canonical JSON)."""
-    return hashlib.sha256(canonical_json(fingerprint).encode("utf-8")).hexdigest()[:16]
 
 
 def render_prompt(template: str, text: str) -> str:
@@ -189,35 +180,6 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def build_teacher(cfg_teacher: Any, limiter: Any = None, device: str | None = None) -> Any:
-    """The teacher for a ``teacher`` config section (hf, diffusion or http).
-
-    Construction is cheap: models load on the first ``embed`` call, so a driver can build a teacher to
-    read its fingerprint and dimension without loading weights. ``limiter`` (http only) is a
-    :class:`armada_ray.teachers.limits.Limiter` shared by every client of one job.
-    """
-    kind = getattr(cfg_teacher, "kind", None)
-    if kind == "hf":
-        from armada_ray.teachers.hf import HFTeacher
-
-        return HFTeacher(cfg_teacher, device=device)
-    if kind == "diffusion":
-        from armada_ray.teachers.diffusion import DiffusionTeacher
-
-        return DiffusionTeacher(cfg_teacher, device=device)
-    if kind == "http":
-        from armada_ray.teachers.http import HttpTeacher
-
-        return HttpTeacher(cfg_teacher, limiter=limiter)
-    raise ValueError(f"unknown teacher kind {kind!r} (allowed: hf, diffusion, http)")
-
-
-def teacher_fingerprint(cfg_teacher: Any, device: str | None = None) -> dict[str, Any]:
-    """The fingerprint of a teacher config, without loading any weights or contacting any endpoint; ``device``:
-    where the vectors are computed (the embed actors'; see ``EmbedConfig.teacher_device``)."""
-    return build_teacher(cfg_teacher, device=device).fingerprint()
 
 
 def finite_or_none(x: float) -> float | None:

@@ -48,6 +48,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from armada_ray.fingerprint import fingerprint_id
 from armada_ray.teachers.base import (
     FINGERPRINT_VERSION,
     EmbedResult,
@@ -55,7 +56,6 @@ from armada_ray.teachers.base import (
     TeacherError,
     TeacherUnavailableError,
     check_vector,
-    fingerprint_id,
 )
 from armada_ray.teachers.limits import Limiter, limiter_for
 

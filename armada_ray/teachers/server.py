@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from armada_ray.teachers.base import build_teacher
+from armada_ray.teachers.factory import build_teacher
 
 
 def openai_error(status: int, message: str, type_: str, code: str | None = None, param: str | None = None,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from armada_ray.cache import TeacherCache
 from armada_ray.config import ArmadaConfig, ConfigError
 
 
@@ -180,11 +181,10 @@ def make_dataset(split: SplitArrays, tokenizer: Any, max_length: int) -> ArmadaD
     return cls(split, tokenizer, max_length)
 
 
-def teacher_vectors_for(cfg: ArmadaConfig, split_name: str, prompts: list[str]) -> np.ndarray:
-    """Look up the teacher vector of every prompt; a gap is a ConfigError naming how many and which task."""
-    from armada_ray.cache import open_cache_for
-
-    cache = open_cache_for(cfg)
+def teacher_vectors_for(cfg: ArmadaConfig, cache: TeacherCache | None, split_name: str,
+                        prompts: list[str]) -> np.ndarray:
+    """Look up the teacher vector of every prompt in ``cache`` (None: never embedded); a gap is a ConfigError
+    naming how many and which task."""
     if cache is None:
         raise ConfigError(
             f"teacher cache: no vectors for task {cfg.task.name!r} under {cfg.cache_root} for this teacher "
@@ -225,8 +225,13 @@ def shuffle_teacher(vectors: np.ndarray, seed: int) -> np.ndarray:
     return vectors[np.random.default_rng(seed).permutation(len(vectors))]
 
 
-def build_splits(cfg: ArmadaConfig, with_teacher: bool) -> tuple[Any, dict[str, SplitArrays]]:
-    """Load the task and return (spec, {"train", "dev", "test"} arrays)."""
+def build_splits(cfg: ArmadaConfig, with_teacher: bool, cache: TeacherCache | None = None
+                 ) -> tuple[Any, dict[str, SplitArrays]]:
+    """Load the task and return (spec, {"train", "dev", "test"} arrays).
+
+    ``cache``: where the teacher vectors are (``with_teacher``; None: never embedded, a ConfigError). A worker
+    opens it by the driver's identity (``cache.open_cache``), a driver by its config (``cache.open_cache_for``).
+    """
     from armada_ray.tasks import load_task
     from armada_ray.teachers.prompts import teacher_prompt
 
@@ -248,7 +253,7 @@ def build_splits(cfg: ArmadaConfig, with_teacher: bool) -> tuple[Any, dict[str, 
                                 dtype=np.float32 if spec.kind == "regression" else np.int64)
         teacher = None
         if with_teacher and name in ("train", "dev"):
-            teacher = teacher_vectors_for(cfg, name, [teacher_prompt(cfg.teacher, spec, ex) for ex in rows])
+            teacher = teacher_vectors_for(cfg, cache, name, [teacher_prompt(cfg.teacher, spec, ex) for ex in rows])
         student_teacher = None
         if teacher is not None and name == "train" and cfg.teacher.shuffle == "pairs":
             teacher = shuffle_teacher(teacher, cfg.teacher.shuffle_seed)
@@ -257,11 +262,12 @@ def build_splits(cfg: ArmadaConfig, with_teacher: bool) -> tuple[Any, dict[str, 
         answers = [ex.answer or "" for ex in rows] if generative else None
         splits[name] = SplitArrays([ex.uid for ex in rows], prompts, labels, teacher, answers, student_teacher, pairs)
     if with_teacher and data.transfer:
-        splits["train"] = _with_transfer(cfg, spec, splits["train"], data.transfer)
+        splits["train"] = _with_transfer(cfg, cache, spec, splits["train"], data.transfer)
     return spec, splits
 
 
-def _with_transfer(cfg: ArmadaConfig, spec: Any, train: SplitArrays, rows: list[Any]) -> SplitArrays:
+def _with_transfer(cfg: ArmadaConfig, cache: TeacherCache | None, spec: Any, train: SplitArrays,
+                   rows: list[Any]) -> SplitArrays:
     """The train split followed by the transfer set: label -1 (the loop labels those rows with the aligner's
     prediction), their own teacher vectors (never shuffled)."""
     from armada_ray.teachers.prompts import teacher_prompt
@@ -269,9 +275,6 @@ def _with_transfer(cfg: ArmadaConfig, spec: Any, train: SplitArrays, rows: list[
     if spec.kind != "classification":
         raise ConfigError(f"config error: task.transfer_rows={cfg.task.transfer_rows}: the transfer set needs a "
                           f"classification task; {spec.name!r} is {spec.kind}")
-    from armada_ray.cache import open_cache_for
-
-    cache = open_cache_for(cfg)
     if cache is not None:  # quarantined rows (listed with their reason by `armada embed`) are left out, counted
         missing = set(cache.missing([cache.key_for(teacher_prompt(cfg.teacher, spec, ex)) for ex in rows]))
         kept = [ex for ex in rows if cache.key_for(teacher_prompt(cfg.teacher, spec, ex)) not in missing]
@@ -279,7 +282,7 @@ def _with_transfer(cfg: ArmadaConfig, spec: Any, train: SplitArrays, rows: list[
             print(f"transfer set: {len(rows) - len(kept)} of {len(rows)} rows have no teacher vector "
                   f"(see {cache.path / 'quarantine.jsonl'}); training on the other {len(kept)}", flush=True)
             rows = kept
-    vectors = teacher_vectors_for(cfg, "transfer", [teacher_prompt(cfg.teacher, spec, ex) for ex in rows])
+    vectors = teacher_vectors_for(cfg, cache, "transfer", [teacher_prompt(cfg.teacher, spec, ex) for ex in rows])
     student = None if train.student_teacher is None else np.concatenate([train.student_teacher, vectors])
     texts, pairs = student_inputs(cfg, spec, rows)
     both = None if train.pairs is None and pairs is None else \

@@ -52,7 +52,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from armada_ray import console
+from armada_ray.cache import dataset_view, open_cache
 from armada_ray.config import ArmadaConfig, dump_config
+from armada_ray.fingerprint import TeacherIdentity
 from armada_ray.model.aligner_fit import fit_aligner
 from armada_ray.model.outputs import AlignerOutput
 from armada_ray.probe import class_targets, linear_probe, probe_line, score_predictions
@@ -94,7 +96,8 @@ def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
 class ArmadaWorker:
     """State and steps of one worker. Kept as a class so the schedule reads top to bottom in ``run``."""
 
-    def __init__(self, cfg: ArmadaConfig, session: Session, parent_run_id: str | None, eval_test: bool = False):
+    def __init__(self, cfg: ArmadaConfig, session: Session, parent_run_id: str | None, eval_test: bool = False,
+                 teacher: TeacherIdentity | None = None):
         import deepspeed
 
         from armada_ray.model import build_aligner, build_student
@@ -106,9 +109,12 @@ class ArmadaWorker:
         self.rank, self.world = session.rank, session.world_size
         self.device = session.device
         self.distill = cfg.loss.mode == "armada"
+        # the driver resolved the teacher (its cache folder, fingerprint, dim): this worker only opens that cache
+        self.teacher = teacher if self.distill else None
         _seed_all(cfg.train.seed)
 
-        self.spec, self.splits = build_splits(cfg, with_teacher=self.distill)
+        cache = open_cache(self.teacher) if self.teacher is not None else None
+        self.spec, self.splits = build_splits(cfg, with_teacher=self.distill, cache=cache)
         self.regression = self.spec.kind == "regression"
         self.generative = self.spec.kind == "generative"
         self.num_classes = self.spec.head_width  # generative: class heads only for a fixed answer set
@@ -201,20 +207,16 @@ class ArmadaWorker:
         try:
             tracker = RunTracker.start(
                 cfg, run_name=cfg.run_name or "train", kind=KIND_TRIAL if parent_run_id else KIND_TRAIN,
-                parent_run_id=parent_run_id,
-                run_id=self.state.get("mlflow_run_id"), tags=standard_tags(cfg, self.session.teacher_fingerprint_id),
+                parent_run_id=parent_run_id, run_id=self.state.get("mlflow_run_id"),
+                tags=standard_tags(cfg, self.teacher.fingerprint_id if self.teacher is not None else None),
             )
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
             self.session.log(f"warning: MLflow unavailable ({exc}); metrics kept locally")
             return RunTracker.disabled(cfg)
         if self.state.get("mlflow_run_id") is None:
             tracker.log_config(cfg)
-            if self.distill:
-                from armada_ray.cache import open_cache_for
-
-                cache = open_cache_for(cfg)
-                if cache is not None:
-                    tracker.log_cache_dataset(cache.dataset_view())
+            if self.teacher is not None:
+                tracker.log_cache_dataset(dataset_view(self.teacher.cache_path))
         self.state["mlflow_run_id"] = tracker.run_id
         return tracker
 
@@ -669,13 +671,14 @@ class ArmadaWorker:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config`` = {"cfg": resolved config dict, "parent_run_id", "fingerprint_id",
-    "eval_test"}."""
+    """Ray Train entry point. ``config`` = {"cfg": resolved config dict, "parent_run_id", "teacher" (the driver's
+    :class:`~armada_ray.fingerprint.TeacherIdentity` as JSON, or None), "eval_test"}."""
     cfg = ArmadaConfig.model_validate(config["cfg"])  # validate at the top; read no module globals
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
     if not console.verbose():  # the driver's plan check already named the task's skipped rows and their file
         logging.getLogger("armada_ray.tasks").setLevel(logging.ERROR)
-    session = Session.from_ray(teacher_fingerprint_id=config.get("fingerprint_id"),
-                               label=(cfg.run_name or "train").split("/")[-1])
+    teacher = TeacherIdentity.from_json(config["teacher"]) if config.get("teacher") else None
+    session = Session.from_ray(label=(cfg.run_name or "train").split("/")[-1])
     session.log(session.placement())  # which node each rank runs on, visible in the job's logs
-    ArmadaWorker(cfg, session, parent_run_id=config.get("parent_run_id"), eval_test=bool(config.get("eval_test"))).run()
+    ArmadaWorker(cfg, session, parent_run_id=config.get("parent_run_id"), eval_test=bool(config.get("eval_test")),
+                 teacher=teacher).run()

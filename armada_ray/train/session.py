@@ -20,18 +20,16 @@ class Session:
     rank: int
     world_size: int
     device: torch.device
-    teacher_fingerprint_id: str | None = None
     label: str | None = None  # the run's short name: concurrent trials' lines must tell whose they are
     keeps_checkpoints = True  # class attribute: a Ray Train run checkpoints every epoch
 
     @classmethod
-    def from_ray(cls, teacher_fingerprint_id: str | None = None, label: str | None = None) -> "Session":
+    def from_ray(cls, label: str | None = None) -> "Session":
         import ray.train
         import ray.train.torch
 
         ctx = ray.train.get_context()
-        return cls(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), teacher_fingerprint_id,
-                   label)
+        return cls(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), label)
 
     def get_checkpoint(self) -> Any:
         import ray.train
@@ -74,10 +72,9 @@ class LocalSession(Session):
     keeps_checkpoints = False
 
     @classmethod
-    def create(cls, device: str = "cpu", teacher_fingerprint_id: str | None = None, quiet: bool = False
-               ) -> "LocalSession":
+    def create(cls, device: str = "cpu", quiet: bool = False) -> "LocalSession":
         init_local_process_group("nccl" if device.startswith("cuda") else "gloo")
-        return cls(0, 1, torch.device(device), teacher_fingerprint_id, reports=[], quiet=quiet)
+        return cls(0, 1, torch.device(device), reports=[], quiet=quiet)
 
     def get_checkpoint(self) -> Any:
         return None

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from armada_ray import console, environ
+from armada_ray.cache import resolve_teacher_identity
 from armada_ray.config import ArmadaConfig, ConfigError, save_config
+from armada_ray.fingerprint import TeacherIdentity
 from armada_ray.train import checkpoint as ckpt
 from armada_ray.train import ops
 from armada_ray.train.ds_config import check_ds_settings
@@ -183,20 +185,21 @@ def _latest_checkpoint_dir(cfg: ArmadaConfig) -> str | None:
     return ckpts[-1][0] if ckpts else None
 
 
-def teacher_fingerprint_id(cfg: ArmadaConfig) -> str | None:
+def teacher_identity(cfg: ArmadaConfig, known: TeacherIdentity | None = None) -> TeacherIdentity | None:
+    """The teacher identity a distilled run's workers open the cache by (None for the baseline or when nothing was
+    embedded): ``known`` (resolved earlier by the driver) when it was resolved from this config's teacher."""
     if cfg.loss.mode != "armada":
         return None
-    from armada_ray.cache import open_cache_for
-
-    cache = open_cache_for(cfg)
-    return cache.fingerprint_id if cache is not None else None
+    return resolve_teacher_identity(cfg, known=known)
 
 
 def build_trainer(cfg: ArmadaConfig, *, parent_run_id: str | None = None, callbacks: list[Any] | None = None,
-                  name: str = "train", eval_test: bool = False) -> Any:
+                  name: str = "train", eval_test: bool = False, teacher: TeacherIdentity | None = None) -> Any:
     """The ``TorchTrainer`` of one training run (also built per trial by the Tune driver).
 
     ``eval_test``: also score the test split at every new best dev epoch (``test_at_best_dev`` in the summary).
+    ``teacher``: the teacher identity the driver resolved (see :func:`teacher_identity`); the workers receive it
+    in their config and open the cache by it, never fingerprinting the teacher themselves.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -221,10 +224,11 @@ def build_trainer(cfg: ArmadaConfig, *, parent_run_id: str | None = None, callba
         # Ray Train's own INFO lines (resource requests, worker-group start) stay in its log files
         logging_config=ray.train.LoggingConfig(log_level=console.train_log_level()),
     )
+    identity = teacher_identity(cfg, known=teacher)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "parent_run_id": parent_run_id,
-                           "fingerprint_id": teacher_fingerprint_id(cfg), "eval_test": eval_test},
+                           "teacher": identity.to_json() if identity is not None else None, "eval_test": eval_test},
         scaling_config=scaling,
         run_config=run_config,
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),

@@ -18,7 +18,7 @@ from typing import Callable
 import pytest
 
 from armada_ray.config import HttpTeacherConfig
-from armada_ray.teachers.base import build_teacher
+from armada_ray.teachers.factory import build_teacher
 
 DIM = 4
 
