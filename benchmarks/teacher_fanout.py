@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from armada_ray import environ  # noqa: E402
-from benchmarks._common import ROOT, ServeTeacher, embed_killed_midway, emit, window_rate  # noqa: E402
+from benchmarks._common import ServeTeacher, embed_killed_midway, emit, window_rate  # noqa: E402
 
 
 def task_overrides(rows: int) -> list[str]:

@@ -60,7 +60,7 @@ def output_dir(request) -> Path:
 def forbid_fingerprinting(monkeypatch):
     """Every way of fingerprinting a teacher from its config raises: what a worker, given the driver's teacher
     identity, must never do (an hf fingerprint hashes a node-local model folder)."""
-    from armada_ray import cache
+    from armada_ray.cache import identity
     from armada_ray.teachers import factory
     from armada_ray.teachers.diffusion import DiffusionTeacher
     from armada_ray.teachers.hf import HFTeacher
@@ -69,6 +69,6 @@ def forbid_fingerprinting(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a worker fingerprinted the teacher")
 
-    for owner, name in ((cache, "teacher_fingerprint"), (factory, "teacher_fingerprint"), (factory, "build_teacher"),
+    for owner, name in ((identity, "teacher_fingerprint"), (factory, "teacher_fingerprint"), (factory, "build_teacher"),
                         (HFTeacher, "fingerprint"), (DiffusionTeacher, "fingerprint"), (HttpTeacher, "fingerprint")):
         monkeypatch.setattr(owner, name, boom)

@@ -1,45 +1,7 @@
-"""The content-addressed, resumable teacher cache (plain Python + pyarrow; no Ray).
-
-Layout (DESIGN §5)::
-
-    <root>/<fingerprint_id>/
-        manifest.json        fingerprint, dim, dtype, the shard list (file, rows, bytes, sha256), total
-        shard-000001-<rand>.parquet   key string, vector fixed_size_list<float16|float32>[dim]
-        quarantine.jsonl     one line per failed row: key, prompt preview, reason, time
-        embed_stats.json     the last `armada embed` run's figures (written by embed.py)
-        journal/<writer>.jsonl  replies as they arrive, fsynced by the actor that received them
-
-- A row's key is ``sha256(fingerprint_id + "\\0" + prompt)``: the same prompt in two tasks is queried
-  once; another teacher, recipe or prompt template has another fingerprint, hence another folder.
-- Each shard carries an explicit Arrow schema and, in its Parquet schema metadata, the fingerprint, dim,
-  dtype and a checksum of its content; these and the file's sha256 in the manifest are checked when a process
-  first reads the shard's vectors, so a shard that does not belong here, or was changed, is an error, never
-  silent garbage.
-- Writes are atomic: the shard goes to a temporary file, is fsynced and ``os.replace``d into place, then
-  the manifest is rewritten the same way, all under a file lock (several writers are safe). A process
-  killed at any point leaves either no shard or a complete one; a complete shard missing from the
-  manifest (killed between the two renames) is re-adopted on the next open after its content checksum
-  is verified, and anything else is set aside as ``*.rejected``.
-- A paid answer is durable the moment it arrives: every embed actor appends each batch's good vectors to its
-  own journal (fsynced, under an OS lock held for the actor's life) before handing them on; shards are
-  written by the driver as before. ``replay_journals`` (run at the start and end of every embed) turns the
-  journals of dead writers into a shard, so a run killed between a reply and its shard loses nothing but
-  the requests still on the wire (issue 13: 16 % of a killed run's answers were asked and paid for again).
-- ``lookup`` reads only the shards and row groups that hold the requested keys, one shard at a time, and
-  only the vector column.
-- A run that trained on the cache records it as its dataset input: :func:`dataset_view` is how the cache
-  presents itself there (a name, its fingerprint id as digest, one row per shard), so tracking needs no
-  knowledge of the manifest.
-- Who opens it: the driver resolves the teacher once (:func:`resolve_teacher_identity`, which builds the teacher
-  from its config to fingerprint it) and hands that :class:`~armada_ray.fingerprint.TeacherIdentity` to the
-  workers; a worker opens the cache by it (:func:`open_cache`) and never fingerprints the teacher itself, so
-  every rank on every node reads the folder the driver chose. :class:`TeacherCache` itself needs only the
-  fingerprint hashing of :mod:`armada_ray.fingerprint`.
-"""
+"""The teacher cache's store: :class:`TeacherCache`, its shards, manifest and quarantine (see :mod:`armada_ray.cache`)."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as _dt
 import fcntl
@@ -57,68 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from armada_ray.cache.journal import JOURNAL_DIR, ReplyJournal, lock_by
 from armada_ray.config import ConfigError
-from armada_ray.fingerprint import TeacherIdentity, canonical_json, fingerprint_id as _fingerprint_id
-from armada_ray.teachers.factory import teacher_fingerprint
+from armada_ray.fingerprint import canonical_json, fingerprint_id as _fingerprint_id
 
 FORMAT = "armada-teacher-cache/1"
-JOURNAL_DIR = "journal"
-
-
-def _lock_by(fh: Any, deadline: float) -> bool:
-    """Take the exclusive lock on ``fh``, retrying until ``deadline`` (monotonic); False if still held."""
-    while True:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.2)
-
-
-class ReplyJournal:
-    """One writer's append-only log of teacher replies, each batch fsynced before it counts as answered.
-
-    Written by hand: neither Ray Data nor pyarrow offers an append-and-fsync record log, and a Parquet shard per
-    16-row batch would bloat the manifest. The writer holds an ``flock`` on its file for its lifetime, so
-    :meth:`TeacherCache.replay_journals` can tell a dead writer's journal from a live one's.
-    """
-
-    def __init__(self, cache_path: str | os.PathLike[str], writer: str | None = None):
-        folder = Path(cache_path) / JOURNAL_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"{writer or uuid.uuid4().hex}.jsonl"
-        self._f = open(self.path, "a", encoding="utf-8")
-        fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def append(self, keys: list[str], vectors: np.ndarray) -> None:
-        if not keys:
-            return
-        data = np.ascontiguousarray(vectors, dtype="<f4")
-        self._f.write(json.dumps({"keys": list(keys), "vectors": base64.b64encode(data.tobytes()).decode()}) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        if not self._f.closed:
-            fcntl.flock(self._f.fileno(), fcntl.LOCK_UN)
-            self._f.close()
-
-    @staticmethod
-    def read(fh: Any, dim: int) -> tuple[list[str], np.ndarray]:
-        """Every complete record of an open journal; a torn last line (the writer was killed mid-write) ends it."""
-        keys: list[str] = []
-        vecs: list[np.ndarray] = []
-        for line in fh:
-            try:
-                rec = json.loads(line)
-                v = np.frombuffer(base64.b64decode(rec["vectors"]), dtype="<f4").reshape(len(rec["keys"]), dim)
-            except (ValueError, KeyError, TypeError):
-                break
-            keys += [str(k) for k in rec["keys"]]
-            vecs.append(v)
-        return keys, (np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32))
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
 STATS = "embed_stats.json"
@@ -375,7 +280,7 @@ class TeacherCache:
         deadline = time.monotonic() + wait_s
         for path in sorted(folder.glob("*.jsonl")):
             with open(path, encoding="utf-8") as fh:
-                if not _lock_by(fh, deadline):
+                if not lock_by(fh, deadline):
                     continue  # a live writer
                 keys, vecs = ReplyJournal.read(fh, self.dim)
             if keys:
@@ -592,44 +497,3 @@ def dataset_view(cache_path: str | os.PathLike[str]) -> DatasetView:
     shards = manifest.get("shards") or [{k: v for k, v in manifest.items() if not isinstance(v, (list, dict))}]
     rows = tuple({k: _cell(v) for k, v in entry.items()} for entry in shards)
     return DatasetView(name=f"teacher-cache-{digest}", digest=digest, source=folder.resolve(), manifest=path, rows=rows)
-
-
-def teacher_config_key(cfg: Any) -> str:
-    """A hash of what :func:`resolve_teacher_identity` reads from a config: the teacher section (less the shuffle
-    ablation, which reads the same vectors), where its vectors are computed and the cache root."""
-    teacher = cfg.teacher.model_dump(mode="json", exclude={"shuffle", "shuffle_seed"})
-    return _fingerprint_id({"teacher": teacher, "device": cfg.embed.teacher_device, "root": str(cfg.cache_root)})
-
-
-def resolve_teacher_identity(cfg: Any, known: TeacherIdentity | None = None) -> TeacherIdentity | None:
-    """The identity of ``cfg.teacher``'s existing cache under ``cfg.cache_root`` (None when it was never embedded),
-    for the driver to hand to its workers. ``known``: an identity resolved earlier (by the driver), returned as it
-    is when it was resolved from this config's teacher, without fingerprinting the teacher again."""
-    key = teacher_config_key(cfg)
-    if known is not None and known.resolved_from == key:
-        return known
-    cache = open_cache_for(cfg)
-    if cache is None:
-        return None
-    return TeacherIdentity(fingerprint=cache.fingerprint, fingerprint_id=cache.fingerprint_id,
-                           cache_path=str(cache.path), dim=cache.dim, dtype=cache.dtype,
-                           stand_in=bool(getattr(cfg.teacher, "stand_in", False)), resolved_from=key)
-
-
-def open_cache(identity: TeacherIdentity) -> TeacherCache:
-    """The cache a driver resolved (a worker's side: no teacher is built, nothing is fingerprinted)."""
-    path = Path(identity.cache_path)
-    if not (path / MANIFEST).is_file():
-        raise ConfigError(f"teacher cache {path}: no {MANIFEST} on this node, although the driver found the "
-                          f"teacher's vectors there; cache.dir must be storage that every node reads")
-    cache = TeacherCache(path.parent, identity.fingerprint, identity.dim, identity.dtype, create=False)
-    if cache.fingerprint_id != identity.fingerprint_id:
-        raise CacheMismatchError(f"teacher cache {path}: the identity's fingerprint_id {identity.fingerprint_id} "
-                                 f"is not its fingerprint's ({cache.fingerprint_id})")
-    return cache
-
-
-def open_cache_for(cfg: Any) -> TeacherCache | None:
-    """The existing cache of ``cfg.teacher`` under ``cfg.cache_root`` (None when it was never embedded); the
-    driver's side: it fingerprints the teacher (a worker opens the cache by the driver's identity instead)."""
-    return TeacherCache.open_existing(cfg.cache_root, teacher_fingerprint(cfg.teacher, device=cfg.embed.teacher_device))
