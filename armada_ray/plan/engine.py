@@ -73,12 +73,14 @@ def run_checks(cfg: ArmadaConfig, command: str, cluster: dict[str, Any] | None, 
             problems = exc.problems
         if problems:
             checks["task"].fail(checks["task"].problems + problems)
-    shape, shape_error = None, None
+    shape, shape_problems = None, []
     if trains:
         try:
             shape = student_shape(cfg, (data.spec if data is not None else task_spec(cfg.task)).kind)
-        except Exception as exc:  # noqa: BLE001 - e.g. an offline hub id: the user fixes the model name
-            shape_error = one_line(exc)
+        except ConfigError as exc:  # e.g. a model name that is no alias, folder or hub id: it says what to give
+            shape_problems = exc.problems
+        except Exception as exc:  # noqa: BLE001 - e.g. a config transformers cannot read
+            shape_problems = [f"cannot read the config of student.model={cfg.student.model!r}: {one_line(exc)}"]
         if shape is not None and data is not None:
             problems = student_problems(cfg, data.spec.kind, shape)
             if problems:
@@ -96,7 +98,7 @@ def run_checks(cfg: ArmadaConfig, command: str, cluster: dict[str, Any] | None, 
         elif cluster_error is not None:
             checks["cluster"].set(FAIL, f"cannot read the cluster's resources: {cluster_error}")
     if trains:
-        checks["memory"] = _guarded(Check("memory"), lambda: check_memory(cfg, cluster, shape, shape_error))
+        checks["memory"] = _guarded(Check("memory"), lambda: check_memory(cfg, cluster, shape, shape_problems))
         if "memory" in checks["memory"].data:
             facts["memory"] = checks["memory"].data["memory"]
     return PlanResult(checks, data, facts)

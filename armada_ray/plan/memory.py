@@ -40,14 +40,15 @@ def worker_budget(cfg: ArmadaConfig, res: dict[str, Any] | None) -> tuple[float,
 
 
 def check_memory(cfg: ArmadaConfig, res: dict[str, Any] | None, shape: dict[str, Any] | None,
-                 shape_error: str | None = None) -> Check:
-    """The estimate per worker against :func:`worker_budget`; a refusal names the figures and what to change."""
+                 shape_problems: list[str] | None = None) -> Check:
+    """The estimate per worker against :func:`worker_budget`; a refusal names the figures and what to change.
+    ``shape`` None: the student's config could not be read, for the reasons in ``shape_problems``."""
     check = Check("memory")
     budget = worker_budget(cfg, res)
     if budget is None:
         return check.set(SKIP, "cluster resources unknown (check 6)")
     if shape is None:
-        return check.fail([f"cannot read the config of student.model={cfg.student.model!r}: {shape_error}"])
+        return check.fail(shape_problems or [f"cannot read the config of student.model={cfg.student.model!r}"])
     available, device = budget
     est = memory.estimate_for_config(cfg, shape, available, device)
     figures = (f"{cfg.student.model} ({est.params / 1e6:,.0f}M params, {est.trainable_params / 1e6:,.1f}M "
