@@ -127,7 +127,6 @@ def run_sweep(cfg: ArmadaConfig, parent_run_id: str | None) -> tuple[Any, Path]:
     base = cfg.model_dump(mode="json")
     base.update(run_name=None, resume=False)
     base["tracking"]["experiment"] = cfg.experiment
-    base["paths"]["work_dir"] = str(cfg.work_dir)  # absolute: trial actors may run in another cwd
     trainable = tune.with_resources(
         tune.with_parameters(_trial_driver, base=base, parent_run_id=parent_run_id, sweep_dir=str(sweep_dir)),
         DRIVER_RESOURCES,
@@ -259,7 +258,6 @@ def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dic
 
     base = cfg.model_dump(mode="json")
     base.update(run_name=None, resume=False)
-    base["paths"]["work_dir"] = str(cfg.work_dir)  # absolute: trial actors may run in another cwd
     base["tracking"]["experiment"] = cfg.experiment
     arms = {"armada": dict(best["params"]), "baseline": {**baseline_params, "loss.mode": "baseline"}}
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
