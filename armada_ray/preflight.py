@@ -46,6 +46,7 @@ from armada_ray.plan import ALL_CHECKS, FAIL, NEEDS, OK, SKIP, TRAINS, Check, on
 from armada_ray.probe import try_probe
 from armada_ray.ray_utils import submission_id, submitted_job_config
 from armada_ray.resources import cluster_view
+from armada_ray.teachers.http import sanitize_endpoint
 from armada_ray.tracking import check_tracking_store
 
 PROBE_TIMEOUT_S = 5.0
@@ -79,8 +80,6 @@ def _ask(shown: str, what: str, url: str, headers: dict[str, str], timeout: floa
 
 def probe_http_teacher(teacher: Any, timeout: float = PROBE_TIMEOUT_S) -> str:
     """One cheap request to an OpenAI-compatible teacher; returns what it said, raises RuntimeError."""
-    from armada_ray.teachers.http import sanitize_endpoint
-
     endpoint = teacher.endpoint.rstrip("/")
     shown = sanitize_endpoint(endpoint)
     headers = {"User-Agent": "armada-ray-preflight", "Content-Type": "application/json"}
@@ -123,7 +122,7 @@ def probe_teacher(teacher: Any) -> str:
     if teacher.kind == "http":
         return probe_http_teacher(teacher)
     if teacher.kind == "hf":
-        from armada_ray.teachers.hf import HFTeacher
+        from armada_ray.teachers.hf import HFTeacher  # lazy (also below): torch/transformers/diffusers per kind
 
         t = HFTeacher(teacher, device="cpu")  # reads the config only; no weights loaded
         return f"hf model {teacher.model!r} resolves to {t.path} (dimension {t.dim})"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from armada_ray.config import ArmadaConfig
-from armada_ray.plan.checks import FAIL, OK, SKIP, Check
+from armada_ray.plan.checks import OK, SKIP, Check
 from armada_ray.plan.cluster import place_workers
 from armada_ray.train import memory
 

@@ -30,6 +30,7 @@ def build_trainer(cfg: ArmadaConfig, *, parent_run_id: str | None = None, callba
 
     ``eval_test``: also score the test split at every new best dev epoch (``test_at_best_dev`` in the summary).
     """
+    # lazy: Ray and the worker loop (torch, DeepSpeed) load only when a trainer is built
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
