@@ -76,8 +76,10 @@ def check_cluster(cfg: ArmadaConfig, command: str, res: dict[str, Any]) -> Check
     counts = place_workers(nodes, s.num_workers, s.cpus_per_worker, gpus)
     data["workers_per_node"] = [c for c in counts if c]
     if sum(counts) < s.num_workers:
+        keys = f"scaling.num_workers={s.num_workers}, scaling.cpus_per_worker={s.cpus_per_worker:g}" + (
+            f", scaling.gpus_per_worker={s.gpus_per_worker:g}" if s.use_gpu else "")
         return check.set(FAIL, f"{need} do not fit: {sum(counts)} of {s.num_workers} can be placed (a worker never "
-                               f"spans nodes); {have}", **data)
+                               f"spans nodes); {have}; lower {keys} or use a larger cluster", **data)
     placed = "+".join(str(c) for c in counts if c)
     extra = ""
     if command == "tune":
