@@ -207,10 +207,11 @@ def _add_probe(cfg: ArmadaConfig, check: Check) -> None:
 
 
 def run_preflight(cfg: ArmadaConfig, command: str = "train", *, resources: dict[str, Any] | None = None,
-                  out: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  out: Callable[[str], None] | None = None, write_skipped_rows: bool = False) -> dict[str, Any]:
     """Run the checks ``command`` needs, print one table, raise :class:`ConfigError` if any failed.
 
-    ``resources`` (tests, or a caller that already knows them) replaces :func:`armada_ray.resources.cluster_view`.
+    ``resources`` (tests, or a caller that already knows them) replaces :func:`armada_ray.resources.cluster_view`;
+    ``write_skipped_rows``: the command runs next on this verdict (see :func:`armada_ray.plan.run_checks`).
     Returns ``{"preflight": "ok", "command", "checks": [...], "plan": {...facts}, ...figures}``.
     """
     out = out or (lambda s: print(s, flush=True))
@@ -221,7 +222,7 @@ def run_preflight(cfg: ArmadaConfig, command: str = "train", *, resources: dict[
             res = cluster_view(cfg)
         except Exception as exc:  # noqa: BLE001 - e.g. RAY_ADDRESS points nowhere
             res_error = one_line(exc)
-    plan = run_checks(cfg, command, res, cluster_error=res_error)
+    plan = run_checks(cfg, command, res, cluster_error=res_error, write_skipped_rows=write_skipped_rows)
     checks = plan.checks
     if "teacher" in needs:
         _teacher_row(cfg, command, checks)
@@ -275,4 +276,4 @@ def preflight_if_submitted(cfg: ArmadaConfig, command: str) -> dict[str, Any] | 
         return None
     print(f"[armada] submitted job {job}: preflight before `armada {command}` starts work "
           f"({SKIP_ENV}=1 skips it)", flush=True)
-    return run_preflight(cfg, command)
+    return run_preflight(cfg, command, write_skipped_rows=True)

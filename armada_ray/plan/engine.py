@@ -44,9 +44,11 @@ def _guarded(check: Check, fn: Any) -> Check:
 
 
 def run_checks(cfg: ArmadaConfig, command: str, cluster: dict[str, Any] | None, *, cluster_error: str | None = None,
-               only: tuple[str, ...] | None = None) -> PlanResult:
+               only: tuple[str, ...] | None = None, write_skipped_rows: bool = False) -> PlanResult:
     """The checks ``command`` needs (``only``: a subset of them) over ``cluster`` (a cluster view; None with
-    ``cluster_error`` when it could not be read). The teacher and tracking rows are left for the caller."""
+    ``cluster_error`` when it could not be read). The teacher and tracking rows are left for the caller.
+    ``write_skipped_rows``: a command is about to run on this plan, so the task's unusable source rows are
+    written under the work dir for the user (``skipped_rows_file`` in the facts)."""
     needs = [n for n in NEEDS.get(command, ("config", "tracking")) if only is None or n in only]
     checks = {name: Check(name) for name in ALL_CHECKS}
     for name in ALL_CHECKS:
@@ -63,6 +65,9 @@ def run_checks(cfg: ArmadaConfig, command: str, cluster: dict[str, Any] | None, 
             checks["task"] = check_task(cfg, data)
             facts = {"task": cfg.task.name, "task_kind": data.spec.kind, "train_rows": len(data.train),
                      "dev_rows": len(data.dev), "test_rows": len(data.test), "skipped_rows": len(data.skipped)}
+            skipped = write_skipped(data, cfg.work_dir) if write_skipped_rows else None
+            if skipped is not None:
+                facts["skipped_rows_file"] = str(skipped)
     trains = "memory" in needs
     latest = None
     if trains and command == "train" and data is not None:
@@ -108,13 +113,9 @@ def check_plan(cfg: ArmadaConfig, cluster: dict[str, Any] | None = None, command
     """Everything that can be refused before cluster time: config conflicts, task/student mismatch, cache
     coverage and dimension, the workers' fit on ``cluster`` (default: this machine) and their memory.
     Raises one ConfigError listing every problem; returns the plan's facts (rows, memory estimate)."""
-    result = run_checks(cfg, command, cluster if cluster is not None else machine_resources(), only=PLAN_CHECKS)
+    result = run_checks(cfg, command, cluster if cluster is not None else machine_resources(), only=PLAN_CHECKS,
+                        write_skipped_rows=True)
     problems = [p for c in result.failed for p in c.problems]
     if problems:
         raise ConfigError(problems)
-    facts = dict(result.facts)
-    if result.data is not None:
-        skipped = write_skipped(result.data, cfg.work_dir)
-        if skipped is not None:
-            facts["skipped_rows_file"] = str(skipped)
-    return facts
+    return result.facts
