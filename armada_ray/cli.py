@@ -19,6 +19,9 @@ from typing import Any, Callable
 from armada_ray.config import ArmadaConfig, ConfigError, load_config
 
 
+CHECKED_WHEN_SUBMITTED = ("embed", "train", "tune")  # commands whose submitted jobs run the preflight first
+
+
 # name -> (implementation "module:function", one-line help, longer description)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "embed": (
@@ -158,11 +161,21 @@ def main(argv: list[str] | None = None) -> int:
         kwargs: dict[str, Any] = {}
         if args.command == "ui":
             kwargs["port"] = args.port
+        # the preflight is imported where used: it loads the task, the cache and transformers, which `armada ui`,
+        # `armada tasks` and the other commands never need
         if args.preflight:
             from armada_ray.preflight import run_preflight
 
             result = run_preflight(cfg, command=args.command)
         else:
+            if args.command in CHECKED_WHEN_SUBMITTED:
+                from armada_ray.preflight import preflight_if_submitted
+
+                # a `ray job submit` entrypoint checks its plan once, here, before any work; train and tune take
+                # its facts instead of checking again
+                verdict = preflight_if_submitted(cfg, args.command)
+                if verdict is not None and args.command in ("train", "tune"):
+                    kwargs["plan"] = verdict["plan"]
             result = fn(cfg, **kwargs)
     except ConfigError as exc:
         for line in exc.problems:

@@ -82,7 +82,7 @@ def _kuberay_nodes(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def nodes_from_spec(path: str | Path) -> dict[str, Any]:
-    """The cluster at full scale, in :func:`armada_ray.preflight.cluster_resources`' shape
+    """The cluster at full scale, in :func:`armada_ray.resources.cluster_resources`' shape
     (``{"source", "nodes": [...]}``); raises :class:`ConfigError` naming what it cannot read."""
     p = Path(path).expanduser()
     if not p.is_file():

@@ -41,6 +41,18 @@ def _absolute(path: Path | None) -> Path | None:
 AbsPath = Annotated[Path, AfterValidator(_absolute)]
 
 
+def _model_ref(value: str | None) -> str | None:
+    """A model given as a path to an existing local folder (``./my-model``, ``models/bert``, ``~/m``) made absolute,
+    like :func:`_absolute`; an alias or hub id as given. A bare folder name stays as given (it reads as an alias)."""
+    if value is None or not (value.startswith((".", "~")) or "/" in value):
+        return value
+    local = Path(value).expanduser()
+    return str(local.resolve()) if local.is_dir() else value
+
+
+ModelRef = Annotated[str, AfterValidator(_model_ref)]
+
+
 def _storage(value: str | None) -> str | None:
     """A URI (``s3://bucket/prefix``, ``gs://...``, ``file:///...``) as given; a local folder made absolute."""
     if value is None or "://" in value:
@@ -143,7 +155,7 @@ class _TeacherBase(_Section):
 
 class HFTeacherConfig(_TeacherBase):
     kind: Literal["hf"] = "hf"
-    model: str = Field("minilm", description="Hub id, local folder, or an alias: minilm, smollm2-135m.")
+    model: ModelRef = Field("minilm", description="Hub id, local folder, or an alias: minilm, smollm2-135m.")
     revision: str | None = Field(None, description="Hub revision (part of the fingerprint).")
     pooling: Literal["mean", "cls", "last", "first"] = "mean"
     layer: int = Field(-1, description="Hidden-state layer to pool (-1 = last).")
@@ -157,12 +169,12 @@ class HFTeacherConfig(_TeacherBase):
 
 class DiffusionTeacherConfig(_TeacherBase):
     kind: Literal["diffusion"] = "diffusion"
-    model: str = Field(
+    model: ModelRef = Field(
         "CompVis/stable-diffusion-v1-4",
         description="diffusers pipeline id or folder, or a random-weight offline shape: 'tiny', 'sd-v1-shape'.",
     )
     revision: str | None = None
-    lora: str | None = Field(None, description="Optional LoRA weights (folder or hub id) loaded into the UNet.")
+    lora: ModelRef | None = Field(None, description="Optional LoRA weights (folder or hub id) loaded into the UNet.")
     steps: int = Field(20, ge=1, le=1000)
     image_size: int = Field(128, ge=8, description="Side of the image img2img starts from (the paper: 128).")
     txt2img_size: int | None = Field(
@@ -332,7 +344,8 @@ class LoraConfig(_Section):
 
 
 class StudentConfig(_Section):
-    model: str = Field("smollm2-135m", description="Hub id, local folder, or alias: smollm2-135m, minilm, tiny-llama.")
+    model: ModelRef = Field("smollm2-135m", description="Hub id, local folder, or alias: smollm2-135m, minilm, "
+                                                        "tiny-llama.")
     revision: str | None = None
     kind: Literal["auto", "encoder", "decoder"] = "auto"
     pooling: Literal["auto", "context", "cls", "pooler", "last", "first"] = Field(

@@ -442,9 +442,6 @@ def embed_prompts(cfg: ArmadaConfig, rows: list[dict[str, str]], *, log: Callabl
 
 def run_embed(cfg: ArmadaConfig) -> dict[str, Any]:
     """``armada embed``: load the task, embed every prompt not yet cached, report."""
-    from armada_ray.preflight import preflight_if_submitted
-
-    preflight_if_submitted(cfg, "embed")  # a `ray job submit` entrypoint checks its plan before any work
     rows, summary = task_prompts(cfg)
     print(f"embed: task {summary['task']} {summary['splits']}", flush=True)
     stats = embed_prompts(cfg, rows, log=lambda s: print(s, flush=True), extra=summary)

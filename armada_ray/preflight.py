@@ -1,6 +1,8 @@
 """``armada <command> --preflight``: will this plan work here? One table, and a refusal with the reason.
 
-The same checks run by themselves at the top of ``armada embed|train|tune`` when the process is the
+The checks themselves live in ``armada_ray.plan`` (the same ones ``check_plan`` runs before every training);
+this module gathers the cluster view, adds the probes that need the network (teacher, tracking store) and
+renders one table. The CLI runs it once before ``armada embed|train|tune`` starts when the process is the
 entrypoint of a ``ray job submit`` job (:func:`preflight_if_submitted`), so a job that cannot work stops in
 seconds instead of after the cluster has pulled models and started workers.
 
@@ -8,13 +10,15 @@ Checks (numbered in the table; a refusal names the failing numbers):
 
 1. ``config``   the config validates (it did, to get here), DeepSpeed settings agree with the hardware, the
                 task kind suits the command, a sweep's search space and metric are usable.
-2. ``task``     the task loads with its caps: rows per split.
+2. ``task``     the task loads with its caps: rows per split; the student suits the task (encoder/decoder,
+                pooling, layer indices) and a resumed checkpoint's heads were built for it.
 3. ``teacher``  http: ``GET {endpoint}/models`` answers (else a one-text ``/embeddings`` probe) within a short
                 timeout, with the key from ``teacher.api_key_env``; hf: the model id resolves and its config
                 reads; diffusion: an offline shape, a local pipeline folder, or a hub id found in the HF cache
                 (offline) / on the hub (online).
 4. ``cache``    rows of train/dev/test that already have a vector for this teacher fingerprint. Training
-                needs every train and dev row; for ``embed`` the figures only say how much work is left.
+                needs every train and dev row (and ``teacher.dim``, a resumed aligner, their dimension); for
+                ``embed`` the figures only say how much work is left.
 5. ``memory``   the estimated memory per worker (``armada_ray.train.memory``: weights, gradients, optimizer,
                 activations for the student, LoRA, ZeRO stage, precision, batch and sequence length) against
                 what one worker gets: GPU memory (``scaling.gpu_memory_gb``) on GPU, else the node's memory
@@ -31,160 +35,25 @@ measurement.
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from armada_ray.config import ArmadaConfig, ConfigError, redact_url_credentials
+from armada_ray.plan import ALL_CHECKS, FAIL, NEEDS, OK, SKIP, TRAINS, Check, one_line, run_checks
+from armada_ray.probe import try_probe
 from armada_ray.environ import submission_id, submitted_job_config
+from armada_ray.resources import cluster_view
+from armada_ray.teachers.http import sanitize_endpoint
 from armada_ray.tracking import check_tracking_store
 
-OK, FAIL, SKIP = "ok", "FAIL", "skip"
 PROBE_TIMEOUT_S = 5.0
 SKIP_ENV = "ARMADA_SKIP_PREFLIGHT"  # set to 1 to start a submitted job without its preflight
-GIB = 1024**3
-
-# Which checks each command needs; the others are listed as skip.
-_ALL = ("config", "task", "teacher", "cache", "memory", "cluster", "tracking")
-NEEDS: dict[str, tuple[str, ...]] = {
-    "train": _ALL,
-    "tune": _ALL,
-    "demo": _ALL,
-    "embed": ("config", "task", "teacher", "cache", "cluster"),
-    "eval": ("config", "task", "tracking"),
-    "export": ("config", "tracking"),
-    "serve-teacher": ("config", "teacher"),
-    "ui": ("config", "tracking"),
-    "tasks": ("config",),
-}
-_TRAINS = ("train", "tune")  # commands that read the teacher cache and need it complete
 
 
-@dataclass
-class Check:
-    name: str
-    status: str = SKIP
-    detail: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def set(self, status: str, detail: str, **data: Any) -> "Check":
-        self.status, self.detail = status, detail
-        self.data.update(data)
-        return self
-
-
-# ------------------------------------------------------------------------------------------ resources
-
-
-def cluster_resources() -> dict[str, Any]:
-    """What the workers can use: the Ray cluster at ``$RAY_ADDRESS`` (or the one this process is already
-    connected to), else this machine. ``{"source", "nodes": [{"CPU", "GPU", "memory_gib", ...}], ...}``.
-
-    Connecting to a cluster only to read it, this function disconnects again, so the command that follows
-    connects with its own runtime environment.
-    """
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        return _ray_resources(ray, os.environ.get("RAY_ADDRESS") or "this process's Ray instance")
-    address = os.environ.get("RAY_ADDRESS", "").strip()
-    if address and address != "local":
-        import ray
-
-        ray.init(address=address, configure_logging=False, log_to_driver=False)
-        try:
-            return _ray_resources(ray, address)
-        finally:
-            ray.shutdown()
-    return _machine_resources()
-
-
-def _ray_resources(ray: Any, address: str) -> dict[str, Any]:
-    nodes = []
-    for n in ray.nodes():
-        if not n.get("Alive"):
-            continue
-        res = n.get("Resources", {})
-        nodes.append({
-            "node_id": n.get("NodeID"), "ip": n.get("NodeManagerAddress"), "CPU": float(res.get("CPU", 0.0)),
-            "GPU": float(res.get("GPU", 0.0)), "memory_gib": float(res.get("memory", 0.0)) / GIB,
-            "accelerator": next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None),
-        })
-    return {"source": f"Ray cluster {address}", "nodes": nodes}
-
-
-def _machine_resources() -> dict[str, Any]:
-    import psutil
-
-    gpus = 0
-    torch = sys.modules.get("torch")
-    try:
-        if torch is None:
-            import torch
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001 - no torch/CUDA: no GPUs
-        gpus = 0
-    return {"source": "this machine (no RAY_ADDRESS)",
-            "nodes": [{"node_id": "local", "ip": "127.0.0.1", "CPU": float(os.cpu_count() or 1), "GPU": float(gpus),
-                       "memory_gib": psutil.virtual_memory().total / GIB, "accelerator": None}]}
-
-
-def place_workers(nodes: list[dict[str, Any]], n: int, cpus: float, gpus: float) -> list[int]:
-    """Workers per node when ``n`` workers of ``cpus`` CPUs and ``gpus`` GPUs are packed onto ``nodes``
-    (largest first, as Ray Train's PACK placement does); ``sum(result) < n`` means they do not fit."""
-    counts = [0] * len(nodes)
-    order = sorted(range(len(nodes)), key=lambda i: (-nodes[i]["GPU"], -nodes[i]["CPU"]))
-    left = n
-    for i in order:
-        fit_cpu = math.floor(nodes[i]["CPU"] / cpus + 1e-9) if cpus > 0 else left
-        fit_gpu = math.floor(nodes[i]["GPU"] / gpus + 1e-9) if gpus > 0 else left
-        take = max(0, min(left, fit_cpu, fit_gpu))
-        counts[i] = take
-        left -= take
-        if left == 0:
-            break
-    return counts
-
-
-# ------------------------------------------------------------------------------------------ checks
-
-
-def _check_config(cfg: ArmadaConfig, command: str, check: Check) -> None:
-    from armada_ray.tasks import task_spec
-    from armada_ray.train.ds_config import check_ds_settings
-
-    problems = check_ds_settings(cfg.train, cfg.scaling, on_gpu=cfg.scaling.use_gpu)
-    spec = task_spec(cfg.task)
-    if command == "tune":
-        from armada_ray.tune import check_sweep
-
-        try:
-            check_sweep(cfg, spec.metrics)
-        except ConfigError as exc:
-            problems += exc.problems
-    if problems:
-        check.set(FAIL, "; ".join(problems))
-    else:
-        check.set(OK, f"valid; ZeRO-{cfg.train.zero_stage}, precision {cfg.train.precision}, "
-                      f"{cfg.scaling.num_workers} worker(s), task {cfg.task.name} ({spec.kind})")
-
-
-def _check_task(cfg: ArmadaConfig, check: Check) -> Any:
-    from armada_ray.tasks import load_task
-
-    try:
-        data = load_task(cfg.task)
-    except Exception as exc:  # noqa: BLE001 - reported in the table, the user fixes data_dir/network
-        check.set(FAIL, f"task {cfg.task.name!r} does not load: {_one_line(exc)}")
-        return None
-    sizes = data.sizes()
-    check.set(OK, f"{cfg.task.name}: {sizes['train']} train / {sizes['dev']} dev / {sizes['test']} test rows"
-                  + (f" ({len(data.skipped)} unusable source rows skipped)" if data.skipped else ""), **sizes)
-    return data
+# ------------------------------------------------------------------------------------------ probes
 
 
 def _http(url: str, headers: dict[str, str], timeout: float, body: dict[str, Any] | None = None,
@@ -211,8 +80,6 @@ def _ask(shown: str, what: str, url: str, headers: dict[str, str], timeout: floa
 
 def probe_http_teacher(teacher: Any, timeout: float = PROBE_TIMEOUT_S) -> str:
     """One cheap request to an OpenAI-compatible teacher; returns what it said, raises RuntimeError."""
-    from armada_ray.teachers.http import sanitize_endpoint
-
     endpoint = teacher.endpoint.rstrip("/")
     shown = sanitize_endpoint(endpoint)
     headers = {"User-Agent": "armada-ray-preflight", "Content-Type": "application/json"}
@@ -251,11 +118,11 @@ def probe_http_teacher(teacher: Any, timeout: float = PROBE_TIMEOUT_S) -> str:
     return f"{shown} answered a one-text /embeddings probe (dimension {dim})"
 
 
-def _probe_teacher(teacher: Any) -> str:
+def probe_teacher(teacher: Any) -> str:
     if teacher.kind == "http":
         return probe_http_teacher(teacher)
     if teacher.kind == "hf":
-        from armada_ray.teachers.hf import HFTeacher
+        from armada_ray.teachers.hf import HFTeacher  # lazy (also below): torch/transformers/diffusers per kind
 
         t = HFTeacher(teacher, device="cpu")  # reads the config only; no weights loaded
         return f"hf model {teacher.model!r} resolves to {t.path} (dimension {t.dim})"
@@ -284,172 +151,25 @@ def _probe_teacher(teacher: Any) -> str:
     try:
         info = HfApi().model_info(model, revision=teacher.revision, timeout=PROBE_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - gated, missing, no network: all one line for the table
-        raise RuntimeError(f"diffusion pipeline {model!r} does not resolve on the hub: {_one_line(exc)}") from None
+        raise RuntimeError(f"diffusion pipeline {model!r} does not resolve on the hub: {one_line(exc)}") from None
     return f"diffusion pipeline {model!r} resolves on the hub (revision {str(info.sha)[:12]})"
 
 
-def _check_cache(cfg: ArmadaConfig, command: str, data: Any, check: Check) -> None:
-    from armada_ray.cache import open_cache_for
-    from armada_ray.train.data import cache_coverage
-
-    if cfg.loss.mode != "armada" and command in _TRAINS:
-        check.set(SKIP, "loss.mode=baseline reads no teacher vectors")
-        return
-    if data is None:
-        check.set(SKIP, "the task did not load (check 2)")
-        return
-    try:
-        cache = open_cache_for(cfg)
-    except Exception as exc:  # noqa: BLE001 - e.g. the teacher's config cannot be read (check 3 says why)
-        check.set(FAIL if command in _TRAINS else SKIP, f"cannot open the teacher cache: {_one_line(exc)}")
-        return
-    counts = {split: cache_coverage(cfg, cache, data, split) for split in ("train", "dev", "test")}
-    text = ", ".join(f"{split} {have}/{total}" for split, (have, total) in counts.items())
-    where = cache.path if cache is not None else cfg.cache_root
-    data_out = {f"cache_{s}_cached": have for s, (have, _) in counts.items()}
-    data_out.update({f"cache_{s}_prompts": total for s, (_, total) in counts.items()})
-    if command not in _TRAINS:
-        left = sum(total - have for have, total in counts.values())
-        check.set(OK, f"{text} unique prompts cached under {where}; {left} left to query", **data_out)
-        return
-    missing = [s for s in ("train", "dev") if counts[s][0] < counts[s][1]]
-    problems = []
-    if missing:
-        problems.append(f"{text} unique prompts cached under {where}: training needs every train and dev row; "
-                        f"run `armada embed` with this config first")
-    declared = getattr(cfg.teacher, "dim", None)
-    if cache is not None and declared is not None and declared != cache.dim:
-        problems.append(f"teacher.dim={declared} but the cached vectors have dimension {cache.dim}")
-    if problems:
-        check.set(FAIL, "; ".join(problems), **data_out)
-        return
-    check.set(OK, f"{text} unique prompts cached under {where} (dimension {cache.dim}); {_probe(cfg, data_out)}",
-              **data_out)
-
-
-def _probe(cfg: ArmadaConfig, data_out: dict[str, Any]) -> str:
-    """The teacher's ceiling on this task (``armada probe``), when the train and dev vectors are all cached."""
-    from armada_ray.probe import try_probe
-
-    result, line = try_probe(cfg)
-    if result is not None:
-        data_out.update({k: result[k] for k in ("probe_dev_metric", "floor_dev_metric", "teacher_signal")})
-    return line
-
-
-def student_memory(cfg: ArmadaConfig, available_gib: float, device: str) -> Any:
-    """``armada_ray.train.memory`` estimate for this config's student, LoRA, ZeRO stage and batch."""
-    from armada_ray.model.hub import resolve_model_path
-    from armada_ray.tasks import task_spec
-    from armada_ray.train import memory
-
-    shape = memory.model_shape(resolve_model_path(cfg.student.model, cfg.student.revision, field="student.model"),
-                               causal_lm=task_spec(cfg.task).kind == "generative")
-    return memory.estimate_for_config(cfg, shape, available_gib, device)
-
-
-def _check_memory(cfg: ArmadaConfig, res: dict[str, Any] | None, check: Check) -> None:
-    s = cfg.scaling
-    if s.use_gpu:
-        available = s.gpu_memory_gb * s.memory_headroom
-        accel = {n.get("accelerator") for n in (res or {}).get("nodes", []) if n.get("accelerator")}
-        device = (f"GPU memory per worker: scaling.gpu_memory_gb={s.gpu_memory_gb:g} x headroom "
-                  f"{s.memory_headroom:g}" + (f"; cluster GPUs: {', '.join(sorted(accel))}" if accel else ""))
-    else:
-        if res is None:
-            check.set(SKIP, "cluster resources unknown (check 6)")
-            return
-        nodes = res["nodes"]
-        counts = place_workers(nodes, s.num_workers, s.cpus_per_worker, 0.0)
-        used = [(nodes[i], c) for i, c in enumerate(counts) if c > 0] or [(max(nodes, key=lambda n: n["memory_gib"]),
-                                                                           s.num_workers)]
-        available = min(n["memory_gib"] / c for n, c in used) * s.memory_headroom
-        device = (f"CPU memory per worker: node memory / workers on it x headroom {s.memory_headroom:g}, "
-                  f"{res['source']}")
-    try:
-        est = student_memory(cfg, available, device)
-    except Exception as exc:  # noqa: BLE001 - e.g. an offline hub id: the user fixes the model name
-        check.set(FAIL, f"cannot read the config of student.model={cfg.student.model!r}: {_one_line(exc)}")
-        return
-    figures = (f"{cfg.student.model} ({est.params / 1e6:,.0f}M params, {est.trainable_params / 1e6:,.1f}M "
-               f"trainable) at ZeRO-{cfg.train.zero_stage}{' + offload' if cfg.train.offload else ''}, "
-               f"{cfg.scaling.num_workers} worker(s), batch {cfg.train.batch_size} x seq {cfg.student.max_length}: "
-               f"~{est.total_gib:.1f} GiB per worker (weights {est.weights_gib:.1f}, grads {est.grads_gib:.1f}, "
-               f"optimizer {est.optimizer_gib:.1f}, activations {est.activations_gib:.1f})")
-    data = {"memory_gib_per_worker": round(est.total_gib, 3), "memory_available_gib": round(est.available_gib, 3)}
-    if est.fits:
-        check.set(OK, f"{figures} <= {est.available_gib:.1f} GiB available ({device})", **data)
-    else:
-        check.set(FAIL, f"{figures} > {est.available_gib:.1f} GiB available ({device}); try more workers, "
-                        "train.zero_stage=3, train.offload=true (GPU), LoRA, student.gradient_checkpointing=true "
-                        "or a smaller batch / student.max_length", **data)
-
-
-def _check_cluster(cfg: ArmadaConfig, command: str, res: dict[str, Any], check: Check) -> None:
-    nodes = res["nodes"]
-    total_cpu = sum(n["CPU"] for n in nodes)
-    total_gpu = sum(n["GPU"] for n in nodes)
-    have = f"{res['source']}: {len(nodes)} node(s), {total_cpu:g} CPU, {total_gpu:g} GPU"
-    data = {"cluster_nodes": len(nodes), "cluster_cpus": total_cpu, "cluster_gpus": total_gpu}
-    if command == "embed":
-        e = cfg.embed
-        cpu = 0.5 if cfg.teacher.kind == "http" else 1.0
-        need = f"{e.concurrency} teacher actor(s) x ({cpu:g} CPU, {e.num_gpus_per_actor:g} GPU)"
-        counts = place_workers(nodes, e.concurrency, cpu, e.num_gpus_per_actor)
-        if sum(counts) < 1:
-            check.set(FAIL, f"not even one teacher actor fits ({need}); {have}", **data)
-        elif sum(counts) < e.concurrency:
-            check.set(OK, f"{need}: only {sum(counts)} fit at once, the pool will be smaller; {have}", **data)
-        else:
-            check.set(OK, f"{need} fit; {have}", **data)
-        return
-    s = cfg.scaling
-    gpus = s.gpus_per_worker if s.use_gpu else 0.0
-    need = f"{s.num_workers} worker(s) x ({s.cpus_per_worker:g} CPU, {gpus:g} GPU)"
-    counts = place_workers(nodes, s.num_workers, s.cpus_per_worker, gpus)
-    data["workers_per_node"] = [c for c in counts if c]
-    if sum(counts) < s.num_workers:
-        check.set(FAIL, f"{need} do not fit: {sum(counts)} of {s.num_workers} can be placed (a worker never "
-                        f"spans nodes); {have}", **data)
-        return
-    placed = "+".join(str(c) for c in counts if c)
-    extra = ""
-    if command == "tune":
-        trials = 0
-        spare = [dict(n) for n in nodes]
-        while trials < cfg.tune.max_concurrent_trials:
-            got = place_workers(spare, s.num_workers, s.cpus_per_worker, gpus)
-            if sum(got) < s.num_workers:
-                break
-            for i, c in enumerate(got):
-                spare[i]["CPU"] -= c * s.cpus_per_worker
-                spare[i]["GPU"] -= c * gpus
-            trials += 1
-        extra = f"; {trials} of tune.max_concurrent_trials={cfg.tune.max_concurrent_trials} trial(s) fit at once"
-        data["concurrent_trials"] = trials
-    check.set(OK, f"{need} fit ({placed} per node){extra}; {have}", **data)
-
-
-def _check_tracking(cfg: ArmadaConfig, check: Check) -> None:
+def check_tracking(cfg: ArmadaConfig) -> Check:
+    """The MLflow tracking store answers (``GET /health``) or its sqlite folder is writable."""
+    check = Check("tracking")
     if not cfg.tracking.enabled:
-        check.set(SKIP, "tracking.enabled=false")
-        return
+        return check.set(SKIP, "tracking.enabled=false")
     uri = cfg.tracking_uri
     try:
         check_tracking_store(uri)
     except ConfigError as exc:
-        check.set(FAIL, exc.problems[0])
-        return
+        return check.set(FAIL, exc.problems[0])
     how = "answered GET /health" if uri.startswith(("http://", "https://")) else "is writable"
-    check.set(OK, f"{redact_url_credentials(uri)} {how}")
+    return check.set(OK, f"{redact_url_credentials(uri)} {how}")
 
 
 # ------------------------------------------------------------------------------------------ driver
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def format_table(checks: list[Check]) -> str:
@@ -462,66 +182,59 @@ def format_table(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
+def _teacher_row(cfg: ArmadaConfig, command: str, checks: dict[str, Check]) -> None:
+    """Probe the teacher; training reads only the cache, so an unreachable teacher matters only when rows are
+    missing."""
+    if command == "demo":
+        checks["teacher"].set(SKIP, "the demo starts its own loopback teacher server")
+        return
+    try:
+        checks["teacher"].set(OK, probe_teacher(cfg.teacher))
+    except Exception as exc:  # noqa: BLE001 - one line in the table
+        error = one_line(exc)
+        checks["teacher"].set(FAIL, error)
+        if command in TRAINS and (cfg.loss.mode != "armada" or checks["cache"].status == OK):
+            checks["teacher"] = Check("teacher").set(
+                SKIP, f"not needed by `armada {command}` (cache complete or baseline); probe: {error}")
+
+
+def _add_probe(cfg: ArmadaConfig, check: Check) -> None:
+    """The teacher's ceiling on this task (``armada probe``) beside a complete cache."""
+    result, line = try_probe(cfg)
+    if result is not None:
+        check.data.update({k: result[k] for k in ("probe_dev_metric", "floor_dev_metric", "teacher_signal")})
+    check.detail = f"{check.detail}; {line}"
+
+
 def run_preflight(cfg: ArmadaConfig, command: str = "train", *, resources: dict[str, Any] | None = None,
-                  out: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  out: Callable[[str], None] | None = None, write_skipped_rows: bool = False) -> dict[str, Any]:
     """Run the checks ``command`` needs, print one table, raise :class:`ConfigError` if any failed.
 
-    ``resources`` (tests, or a caller that already knows them) replaces :func:`cluster_resources`.
-    Returns ``{"preflight": "ok", "command", "checks": [...], ...figures}``.
+    ``resources`` (tests, or a caller that already knows them) replaces :func:`armada_ray.resources.cluster_view`;
+    ``write_skipped_rows``: the command runs next on this verdict (see :func:`armada_ray.plan.run_checks`).
+    Returns ``{"preflight": "ok", "command", "checks": [...], "plan": {...facts}, ...figures}``.
     """
     out = out or (lambda s: print(s, flush=True))
     needs = NEEDS.get(command, ("config", "tracking"))
-    checks = {name: Check(name) for name in _ALL}
-    for name in _ALL:
-        if name not in needs:
-            checks[name].detail = f"not used by `armada {command}`"
-
-    def guarded(name: str, fn: Callable[[], Any]) -> Any:
+    res, res_error = resources, None
+    if res is None and ("cluster" in needs or "memory" in needs):
         try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
-            checks[name].set(FAIL, f"check failed: {type(exc).__name__}: {_one_line(exc)}")
-            return None
-
-    guarded("config", lambda: _check_config(cfg, command, checks["config"]))
-    data = guarded("task", lambda: _check_task(cfg, checks["task"])) if "task" in needs else None
-    teacher_error: str | None = None
-    if command == "demo":
-        checks["teacher"].set(SKIP, "the demo starts its own loopback teacher server")
-    elif "teacher" in needs:
-        try:
-            checks["teacher"].set(OK, _probe_teacher(cfg.teacher))
-        except Exception as exc:  # noqa: BLE001
-            teacher_error = _one_line(exc)
-            checks["teacher"].set(FAIL, teacher_error)
-    if "cache" in needs:
-        guarded("cache", lambda: _check_cache(cfg, command, data, checks["cache"]))
-    if teacher_error is not None and command in _TRAINS:
-        # training reads only the cache: an unreachable teacher matters only when rows are missing
-        if cfg.loss.mode != "armada" or checks["cache"].status == OK:
-            checks["teacher"].set(SKIP, f"not needed by `armada {command}` (cache complete or baseline); "
-                                        f"probe: {teacher_error}")
-    res = None
-    if "cluster" in needs or "memory" in needs:
-        try:
-            if resources is not None:
-                res = resources
-            elif cfg.scaling.cluster_spec:  # GPU groups that scale from zero count at their maximum (issue 15)
-                from armada_ray.cluster_spec import nodes_from_spec
-
-                res = nodes_from_spec(cfg.scaling.cluster_spec)
-            else:
-                res = cluster_resources()
+            res = cluster_view(cfg)
         except Exception as exc:  # noqa: BLE001 - e.g. RAY_ADDRESS points nowhere
-            checks["cluster"].set(FAIL, f"cannot read the cluster's resources: {_one_line(exc)}")
-    if "cluster" in needs and res is not None:
-        guarded("cluster", lambda: _check_cluster(cfg, command, res, checks["cluster"]))
-    if "memory" in needs:
-        guarded("memory", lambda: _check_memory(cfg, res, checks["memory"]))
+            res_error = one_line(exc)
+    plan = run_checks(cfg, command, res, cluster_error=res_error, write_skipped_rows=write_skipped_rows)
+    checks = plan.checks
+    if "teacher" in needs:
+        _teacher_row(cfg, command, checks)
+    if checks["cache"].status == OK and command in TRAINS:
+        _add_probe(cfg, checks["cache"])
     if "tracking" in needs:
-        guarded("tracking", lambda: _check_tracking(cfg, checks["tracking"]))
+        try:
+            checks["tracking"] = check_tracking(cfg)
+        except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
+            checks["tracking"].set(FAIL, f"check failed: {type(exc).__name__}: {one_line(exc)}")
 
-    ordered = [checks[n] for n in _ALL]
+    ordered = [checks[n] for n in ALL_CHECKS]
     out(f"[armada] preflight for `armada {command}` (config {cfg.name}):")
     out(format_table(ordered))
     failed = [(i, c) for i, c in enumerate(ordered, 1) if c.status == FAIL]
@@ -536,6 +249,7 @@ def run_preflight(cfg: ArmadaConfig, command: str = "train", *, resources: dict[
                                          for i, c in enumerate(ordered, 1)]}
     for c in ordered:
         result.update({k: v for k, v in c.data.items() if not isinstance(v, (list, dict))})
+    result["plan"] = plan.facts
     return result
 
 
@@ -551,8 +265,10 @@ def submitted_job_id() -> str | None:
 
 
 def preflight_if_submitted(cfg: ArmadaConfig, command: str) -> dict[str, Any] | None:
-    """Run the preflight when this process is a submitted job's entrypoint (``ARMADA_SKIP_PREFLIGHT=1``
-    skips it); raises :class:`ConfigError` (exit code 2) when the plan is refused."""
+    """Run the preflight when this process is a submitted job's entrypoint (``ARMADA_SKIP_PREFLIGHT=1`` skips
+    it); raises :class:`ConfigError` (exit code 2) when the plan is refused. Called once, by the CLI, before the
+    command starts (``armada_ray.cli.CHECKED_WHEN_SUBMITTED``); its ``plan`` facts stand for the command's own
+    ``check_plan``."""
     if os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes"):
         return None
     job = submitted_job_id()
@@ -560,4 +276,4 @@ def preflight_if_submitted(cfg: ArmadaConfig, command: str) -> dict[str, Any] | 
         return None
     print(f"[armada] submitted job {job}: preflight before `armada {command}` starts work "
           f"({SKIP_ENV}=1 skips it)", flush=True)
-    return run_preflight(cfg, command)
+    return run_preflight(cfg, command, write_skipped_rows=True)

@@ -12,6 +12,7 @@ import os
 from typing import Any, Callable
 
 from armada_ray.environ import job_config_section, submitted_job_config
+from armada_ray.train.env import worker_env
 
 
 def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -102,8 +103,6 @@ def run_with_student_resources(cfg: Any, fn: Callable[..., dict[str, Any]], *arg
         return {**fn(*args, **kwargs), "ran_in": {"ray_task": False, "pid": os.getpid(),
                                                   "why": "no cluster (RAY_ADDRESS unset): this machine"}}
     import ray
-
-    from armada_ray.train.trainer import worker_env
 
     ensure_ray(runtime_env={"env_vars": worker_env(cfg)})  # the job's env: every task and worker gets it
     gpus = cfg.scaling.gpus_per_worker if cfg.scaling.use_gpu else 0

@@ -26,6 +26,7 @@ import numpy as np
 
 from armada_ray.cache import open_cache_for, resolve_teacher_identity
 from armada_ray.config import ArmadaConfig, ConfigError, apply_overrides, build_config
+from armada_ray.plan import check_plan
 
 # variant -> overrides on the setup's config (the controls keep the setup's own manifold loss)
 VARIANT_OVERRIDES: dict[str, list[str]] = {
@@ -98,8 +99,6 @@ def cell_config(setup_cfg: ArmadaConfig, variant: str, seed: int) -> ArmadaConfi
 
 def check_report_plan(cfg: ArmadaConfig) -> list[tuple[str, ArmadaConfig, bool]]:
     """Refuse, before any training, a study that cannot run: every problem of every setup, one line each."""
-    from armada_ray.train.trainer import check_plan
-
     setups = setup_configs(cfg)
     problems: list[str] = []
     distilled = [v for v in cfg.report.variants if v != "baseline"]

@@ -13,31 +13,30 @@ keeps its id in its checkpoints, so a restarted trial logs into the same run.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from armada_ray import console
 from armada_ray.cache import dataset_view
-from armada_ray.config import ArmadaConfig, ConfigError, apply_overrides, build_config, save_config
+from armada_ray.config import ArmadaConfig, ConfigError, save_config
+from armada_ray.evaluate import evaluate_on_cluster
+from armada_ray.export import export_on_cluster
 from armada_ray.fingerprint import TeacherIdentity
+from armada_ray.plan import check_plan, trial_config
+from armada_ray.probe import try_probe
+from armada_ray.ray_utils import ensure_ray
+from armada_ray.report import mean_ci95, paired
+from armada_ray.resources import cluster_view
+from armada_ray.tasks import task_spec
+from armada_ray.tracking import standard_tags, start_sweep_parent
 from armada_ray.train import checkpoint as ckpt
+from armada_ray.train.env import worker_env
+from armada_ray.train.trainer import build_trainer, summarize_result, teacher_identity
 
-# Metrics the training loop reports every epoch (plus dev_<name> for each of the task's metrics).
-REPORTED_METRICS = {"dev_metric", "best_dev_metric", "train_loss", "first_step_loss", "samples_per_s", "epoch",
-                    "epoch_s", "aligner_loss", "aligner_dev_metric", "loss_task", "loss_soft", "loss_manifold"}
 SWEEP_FILE = "sweep.json"  # marks a sweep's folder; keeps its parent MLflow run id for a resume
 DRIVER_RESOURCES = {"cpu": 0.01}  # {"cpu": 0} is refused by Tune (NOTES.md)
-
-
-def _override_str(path: str, value: Any) -> str:
-    return f"{path}={json.dumps(value)}"
-
-
-def trial_config(base: dict[str, Any], params: dict[str, Any], run_name: str) -> ArmadaConfig:
-    """The config of one trial: the base config plus the trial's overrides."""
-    overrides = [_override_str(k, v) for k, v in params.items()] + [f"run_name={run_name}"]
-    return build_config(apply_overrides(base, overrides))
 
 
 def build_param_space(cfg: ArmadaConfig) -> dict[str, Any]:
@@ -59,34 +58,6 @@ def build_param_space(cfg: ArmadaConfig) -> dict[str, Any]:
     return space
 
 
-def check_sweep(cfg: ArmadaConfig, metric_names: list[str]) -> None:
-    """Refuse a sweep that cannot work, before any trial starts."""
-    problems: list[str] = []
-    if not cfg.tune.search_space:
-        problems.append("config error: tune.search_space is empty; add dotted paths, e.g. "
-                        "tune.search_space={loss.alpha: {type: uniform, low: 0.1, high: 0.9}}")
-    known = REPORTED_METRICS | {f"dev_{m}" for m in metric_names}
-    if cfg.tune.metric not in known:
-        problems.append(f"config error: tune.metric={cfg.tune.metric!r} is not reported by training; "
-                        f"allowed: {', '.join(sorted(known))}")
-    if cfg.tune.searcher == "optuna" and any(d.type == "grid" for d in cfg.tune.search_space.values()):
-        problems.append("config error: tune.searcher='optuna' cannot sample type=grid; use choice")
-    base = cfg.model_dump(mode="json")
-    for path, dom in cfg.tune.search_space.items():
-        # every value a trial can get (issue 13: only the first was checked, so alpha: [1, 2] started a sweep)
-        if dom.values:
-            samples = list(dom.values)
-        else:
-            samples = [int(dom.low), int(dom.high) - 1] if dom.type == "randint" else [dom.low, dom.high]
-        for sample in samples:
-            try:
-                trial_config(base, {path: sample}, "check")
-            except ConfigError as exc:
-                problems += [f"tune.search_space[{path!r}] value {sample!r}: {p}" for p in exc.problems]
-    if problems:
-        raise ConfigError(problems)
-
-
 def _trial_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str | None,
                   sweep_dir: str, teacher: dict[str, Any] | None = None) -> None:
     """One Tune trial: build and fit the trial's TorchTrainer (runs inside a Tune trial actor).
@@ -99,8 +70,6 @@ def _trial_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id
     """
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from armada_ray.train.trainer import build_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
     # the trial's run folder nests under the sweep's: runs/<experiment>/<sweep>/trial-<id>
@@ -185,7 +154,6 @@ def run_sweep(cfg: ArmadaConfig, parent_run_id: str | None, teacher: TeacherIden
     base = cfg.model_dump(mode="json")
     base.update(run_name=None, resume=False)
     base["tracking"]["experiment"] = cfg.experiment
-    base["paths"]["work_dir"] = str(cfg.work_dir)  # absolute: trial actors may run in another cwd
     trainable = tune.with_resources(
         tune.with_parameters(_trial_driver, base=base, parent_run_id=parent_run_id, sweep_dir=str(sweep_dir),
                              teacher=teacher.to_json() if teacher is not None else None),
@@ -251,8 +219,6 @@ def _close_child_runs(cfg: ArmadaConfig, trials: list[dict[str, Any]]) -> None:
 
 def run_baseline(cfg: ArmadaConfig, parent_run_id: str | None) -> dict[str, Any]:
     """The undistilled baseline (``loss.mode=baseline``) as one more child run of the sweep."""
-    from armada_ray.train.trainer import build_trainer, summarize_result
-
     run_name = f"{cfg.run_name}/baseline"
     bcfg = cfg.model_copy(update={"run_name": run_name, "resume": False,
                                   "loss": cfg.loss.model_copy(update={"mode": "baseline"})})
@@ -293,8 +259,6 @@ def _run_driver(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: 
                 teacher: dict[str, Any] | None = None) -> None:
     """One run of the seeded comparison as a Tune trial: a full Ray Train run scored on test at its best dev
     epoch, its facts in the run's summary.json (read back by :func:`run_comparison`)."""
-    from armada_ray.train.trainer import build_trainer, summarize_result
-
     run = params["run"]
     cfg = trial_config(base, {**run["params"], "train.seed": run["seed"]}, run_name=run["name"])
     print(f"[armada] comparison: {run['arm']} at seed {run['seed']} ({run['name']})", flush=True)
@@ -318,12 +282,8 @@ def run_comparison(cfg: ArmadaConfig, best: dict[str, Any], baseline_params: dic
     comparison goes on with the seeds it has."""
     from ray import tune
 
-    from armada_ray.evaluate import evaluate_on_cluster
-    from armada_ray.report import mean_ci95, paired
-
     base = cfg.model_dump(mode="json")
     base.update(run_name=None, resume=False)
-    base["paths"]["work_dir"] = str(cfg.work_dir)  # absolute: trial actors may run in another cwd
     base["tracking"]["experiment"] = cfg.experiment
     arms = {"armada": dict(best["params"]), "baseline": {**baseline_params, "loss.mode": "baseline"}}
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
@@ -425,9 +385,7 @@ def sweep_markdown(cfg: ArmadaConfig, trials: list[dict[str, Any]], best: dict[s
 def _log_sweep_overview(parent: Any, cfg: ArmadaConfig, trials: list[dict[str, Any]], best: dict[str, Any],
                         baseline: dict[str, Any] | None, comparison: dict[str, Any] | None, metric: str) -> None:
     """The parent run's description and one chart of every child's per-epoch dev metric."""
-    from armada_ray import plots
-    from armada_ray.probe import try_probe
-
+    from armada_ray import plots  # lazy: matplotlib only when a sweep has finished
     probe = try_probe(cfg)[0] if cfg.loss.mode == "armada" else None
     parent.set_description(sweep_markdown(cfg, trials, best, baseline, comparison, probe, metric))
     curves = {t["run_name"].split("/")[-1]: [v for v in t.get("dev_curve", []) if v is not None] for t in trials}
@@ -457,8 +415,6 @@ def open_sweep_parent(cfg: ArmadaConfig, tags: dict[str, str]) -> Any:
     """The sweep's parent MLflow run (``armada.kind=sweep``), its id kept in the sweep folder's ``SWEEP_FILE``
     so that a sweep resumed after its driver was killed reattaches to it: the trials, which reattach by name
     under their parent, then never open a second run."""
-    from armada_ray.tracking import start_sweep_parent
-
     sweep_dir = sweep_dir_of(cfg)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     marker = sweep_dir / SWEEP_FILE
@@ -468,27 +424,22 @@ def open_sweep_parent(cfg: ArmadaConfig, tags: dict[str, str]) -> Any:
     return parent
 
 
-def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
-    """``armada tune``: check, open the parent MLflow run, sweep, report and export the best trial."""
-    from armada_ray import plots
-    from armada_ray.preflight import preflight_if_submitted
-    from armada_ray.ray_utils import ensure_ray
-    from armada_ray.tasks import task_spec
-    from armada_ray.tracking import standard_tags
-    from armada_ray.train.trainer import worker_env, check_plan, teacher_identity
+def run_tune(cfg: ArmadaConfig, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``armada tune``: check, open the parent MLflow run, sweep, report and export the best trial.
 
-    preflight_if_submitted(cfg, "tune")  # a `ray job submit` entrypoint checks its plan before any work
+    ``plan``: the facts of a plan already checked on this driver (the CLI's preflight of a submitted job), so
+    the checks (the sweep's among them) do not run twice."""
+    from armada_ray import plots  # lazy: matplotlib only when a sweep has finished
+
     cfg = resolve_sweep_name(cfg)
     spec = task_spec(cfg.task)
-    check_sweep(cfg, [spec.metric, *getattr(spec, "extra_metrics", [])])
-    check_plan(cfg)
+    if plan is None:
+        check_plan(cfg, cluster_view(cfg), command="tune")
     teacher = teacher_identity(cfg)  # resolved once here; every trial's workers open the cache by it
     t0 = time.perf_counter()
     parent = open_sweep_parent(cfg, standard_tags(cfg, teacher.fingerprint_id if teacher is not None else None))
     if teacher is not None:
         parent.log_cache_dataset(dataset_view(teacher.cache_path))
-    import os
-
     for k, v in worker_env(cfg).items():
         os.environ.setdefault(k, v)
     ensure_ray(runtime_env={"env_vars": worker_env(cfg)})
@@ -547,8 +498,6 @@ def run_tune(cfg: ArmadaConfig) -> dict[str, Any]:
     _close_child_runs(cfg, trials)
     (sweep_dir / "best_trial.json").write_text(json.dumps(best, indent=2, default=str))
     parent.log_artifact(str(sweep_dir / "best_trial.json"))
-    from armada_ray.export import export_on_cluster
-
     export_dir = cfg.export.dir or (cfg.work_dir / "exports" / cfg.experiment / cfg.run_name)
     exported = export_on_cluster(cfg, best["best_checkpoint"], Path(export_dir))
     version = None

@@ -81,7 +81,7 @@ def test_library_chatter_stays_off_the_console_unless_verbose(monkeypatch):
     Ray workers get the same choice through their environment."""
     from armada_ray import console
     from armada_ray.config import load_config
-    from armada_ray.train.trainer import worker_env
+    from armada_ray.train.env import worker_env
 
     monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
     env = worker_env(load_config(None, []))

@@ -151,14 +151,15 @@ def test_config_files_that_are_not_configs_are_named_in_one_line(tmp_path, conte
 
 def test_a_local_run_asking_for_more_cpus_than_the_machine_has_is_refused(monkeypatch):
     """Issue 13: scaling.num_workers=1000 on 2 cores printed "0.0 available" and then hung until killed."""
-    from armada_ray.train.trainer import _check_local_size
+    from armada_ray.plan import check_cluster, machine_resources
+    from armada_ray.resources import cluster_view
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    problems = _check_local_size(load_config(None, ["scaling.num_workers=1000"]))
-    assert len(problems) == 1 and "scaling.num_workers=1000" in problems[0] and "this machine has" in problems[0]
-    assert _check_local_size(load_config(None, [])) == []
-    monkeypatch.setenv("RAY_ADDRESS", "ray://127.0.0.1:10001")  # a cluster: the preflight judges its size
-    assert _check_local_size(load_config(None, ["scaling.num_workers=1000"])) == []
+    here = cluster_view(load_config(None, []))  # no RAY_ADDRESS, no cluster_spec: this machine
+    assert here["source"] == machine_resources()["source"]
+    check = check_cluster(load_config(None, ["scaling.num_workers=1000"]), "train", here)
+    assert check.status == "FAIL" and "scaling.num_workers=1000" in check.detail and "this machine" in check.detail
+    assert check_cluster(load_config(None, []), "train", here).status == "ok"
 
 
 def test_endpoint_must_be_a_url_and_its_key_never_echoes():

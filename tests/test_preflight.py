@@ -11,13 +11,8 @@ from pathlib import Path
 import pytest
 
 from armada_ray.config import ConfigError, load_config
-from armada_ray.preflight import (
-    format_table,
-    place_workers,
-    preflight_if_submitted,
-    probe_http_teacher,
-    run_preflight,
-)
+from armada_ray.plan import check_cluster, place_workers
+from armada_ray.preflight import format_table, preflight_if_submitted, probe_http_teacher, run_preflight
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 # a 2-node, 1-CPU-per-node cluster as ray.nodes() would describe it (the preflight's input, no Ray needed)
@@ -61,7 +56,7 @@ def test_refuses_an_impossible_plan_with_its_numbers(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "preflight refused `armada train`" in text
     # check 5 (memory): full fine-tuning of 7.5 B parameters in fp32 on one 16 GiB CPU worker
-    mem = re.search(r"check 5 memory: llama3-8b-shape \(7,505M params, 7,504\.9M trainable\) at ZeRO-2, "
+    mem = re.search(r"check 5 memory: plan does not fit: llama3-8b-shape \(7,505M params, 7,504\.9M trainable\) at ZeRO-2, "
                     r"1 worker\(s\), batch 8 x seq 128: ~(\d+\.\d) GiB per worker .*> (\d+\.\d) GiB available", text)
     assert mem, text
     assert float(mem.group(1)) > 100 and float(mem.group(2)) == pytest.approx(16 * 0.9, abs=0.05)
@@ -158,8 +153,8 @@ def test_place_workers_packs_nodes_and_never_splits_a_worker():
     assert "#  check" in format_table([])
 
 
-def test_runs_only_in_submitted_jobs_and_refuses_before_training(tmp_path, monkeypatch):
-    from armada_ray.train.trainer import run_train
+def test_runs_only_in_submitted_jobs_and_refuses_before_training(tmp_path, monkeypatch, capsys):
+    from armada_ray.cli import main
 
     cfg = smoke_cfg(tmp_path, *IMPOSSIBLE)
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
@@ -170,8 +165,11 @@ def test_runs_only_in_submitted_jobs_and_refuses_before_training(tmp_path, monke
     monkeypatch.setenv("ARMADA_SKIP_PREFLIGHT", "1")
     assert preflight_if_submitted(cfg, "train") is None
     monkeypatch.delenv("ARMADA_SKIP_PREFLIGHT")
-    with pytest.raises(ConfigError, match="preflight refused `armada train`"):
-        run_train(cfg)  # the preflight refuses before Ray or any worker starts
+    # the CLI runs it once, before `armada train` starts: it refuses before Ray or any worker starts
+    rc = main(["train", "--config", str(JOBS / "cluster_smoke.yaml"), f"paths.work_dir={tmp_path}", *IMPOSSIBLE])
+    captured = capsys.readouterr()
+    assert rc == 2 and "preflight refused `armada train`" in captured.err
+    assert captured.out.count("preflight for `armada train`") == 1
 
 
 def test_cli_preflight_flag_exits_2_with_the_reason(tmp_path, capsys):
@@ -212,7 +210,6 @@ def test_gpu_jobs_fit_their_autoscaling_cluster_with_no_gpu_node_alive(job, monk
     """Issue 15: the GPU groups scale from zero, so no GPU node is alive when a job starts; sized on the cluster's
     description at full scale (scaling.cluster_spec), every GPU job's plan fits, for training and for embedding."""
     from armada_ray.cluster_spec import nodes_from_spec
-    from armada_ray.preflight import Check, _check_cluster
 
     monkeypatch.chdir(JOBS.parent)  # the job's relative path, as in a submitted job's working dir
     cfg = load_config(JOBS / job, [])
@@ -220,8 +217,7 @@ def test_gpu_jobs_fit_their_autoscaling_cluster_with_no_gpu_node_alive(job, monk
     res = nodes_from_spec(cfg.scaling.cluster_spec)
     assert not any(n["GPU"] for n in res["nodes"] if n["node_type"] == "head")
     for command in ("train", "embed"):
-        check = Check("cluster")
-        _check_cluster(cfg, command, res, check)
+        check = check_cluster(cfg, command, res)
         assert check.status == "ok", (job, command, check.detail)
 
 

@@ -204,7 +204,7 @@ def test_the_trainer_hands_its_workers_the_drivers_teacher_identity(tmp_path, re
 
 
 def test_bad_plans_are_refused_before_cluster_time(work_dir):
-    from armada_ray.train.trainer import check_plan
+    from armada_ray.plan import check_plan
 
     with pytest.raises(ConfigError, match=r"have no teacher vector") as e:
         check_plan(cfg_for(work_dir, "task.max_train=120"))
@@ -215,12 +215,12 @@ def test_bad_plans_are_refused_before_cluster_time(work_dir):
     with pytest.raises(ConfigError, match="needs a GPU"):
         check_plan(cfg_for(work_dir, "train.precision=bf16"))
     # 7505M: the classification student loads the backbone without its LM head (AutoModel)
-    with pytest.raises(ConfigError, match=r"plan does not fit: llama3-8b-shape \(7505M params") as e:
+    with pytest.raises(ConfigError, match=r"plan does not fit: llama3-8b-shape \(7,505M params") as e:
         check_plan(cfg_for(work_dir, "student.model=llama3-8b-shape", "student.lora.enabled=false",
                            "student.max_length=512", "loss.mode=baseline"))
     assert "GiB per worker" in str(e.value) and "optimizer" in str(e.value)
     # a generative student keeps its untied LM head: Llama-3-8B's full 8030M parameters
-    with pytest.raises(ConfigError, match=r"plan does not fit: llama3-8b-shape \(8030M params"):
+    with pytest.raises(ConfigError, match=r"plan does not fit: llama3-8b-shape \(8,030M params"):
         check_plan(cfg_for(work_dir, "task.name=rg_leg_counting", "student.model=llama3-8b-shape",
                            "student.lora.enabled=false", "student.max_length=512", "loss.mode=baseline"))
     with pytest.raises(ConfigError, match="encoder"):
@@ -236,7 +236,7 @@ def test_teacher_dimension_differing_from_the_checkpoint_aligner_is_refused(work
     import torch
 
     from armada_ray.cache import open_cache_for
-    from armada_ray.train.trainer import check_plan
+    from armada_ray.plan import check_plan
 
     cfg = cfg_for(work_dir, "run_name=dimcheck", "resume=true")
     ckpt = cfg.run_dir / "ray" / "train" / "checkpoint_0"

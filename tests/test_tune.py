@@ -19,7 +19,8 @@ SMALL = ["task.name=pang_lee_polarity", "task.max_train=24", "task.max_dev=16", 
 def test_search_space_becomes_tune_domains_and_trials_are_overrides():
     from ray import tune
 
-    from armada_ray.tune import build_param_space, trial_config
+    from armada_ray.plan import trial_config
+    from armada_ray.tune import build_param_space
 
     cfg = load_config(JOBS / "demo.yaml")
     space = build_param_space(cfg)
@@ -60,7 +61,7 @@ def test_baseline_shares_the_non_armada_part_of_the_search_space():
     ],
 )
 def test_bad_sweeps_are_refused_before_any_trial(overrides, needle):
-    from armada_ray.tune import check_sweep
+    from armada_ray.plan import check_sweep
 
     cfg = load_config(JOBS / "demo.yaml", overrides)
     with pytest.raises(ConfigError, match=needle):

@@ -129,11 +129,6 @@ def build_student(
     kind = detect_kind(config) if student_cfg.kind == "auto" else student_cfg.kind
     if generative and kind != "decoder":
         raise ConfigError(f"student.model={name!r}: a generative task needs a decoder (causal LM) student")
-    if student_cfg.lora.enabled and student_cfg.freeze_layers_below is not None:
-        raise ConfigError(
-            "student.freeze_layers_below applies to full fine-tuning only; set student.lora.enabled=false "
-            "or use student.lora.layers_to_transform to place LoRA on the top layers"
-        )
 
     tokenizer = hub.load_tokenizer(name, revision)
     if tokenizer.pad_token is None:

@@ -201,18 +201,6 @@ def teacher_vectors_for(cfg: ArmadaConfig, cache: TeacherCache | None, split_nam
     return np.asarray(cache.lookup(keys), dtype=np.float32)
 
 
-def cache_coverage(cfg: ArmadaConfig, cache: Any, data: Any, split: str) -> tuple[int, int]:
-    """(unique teacher prompts of ``split`` that have a vector in ``cache``, unique teacher prompts of ``split``);
-    no cache yet (None) has none of them."""
-    from armada_ray.teachers.prompts import teacher_prompt
-
-    prompts = {teacher_prompt(cfg.teacher, data.spec, ex) for ex in data.split(split)}
-    if cache is None:
-        return 0, len(prompts)
-    keys = sorted(cache.key_for(p) for p in prompts)
-    return len(keys) - len(cache.missing(keys)), len(keys)
-
-
 def shuffle_teacher(vectors: np.ndarray, seed: int) -> np.ndarray:
     """Ablation control ``teacher.shuffle``: the same vectors, permuted across examples (fixed seed).
 
