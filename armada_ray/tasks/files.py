@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from armada_ray.config import FILE_TASK_METRICS, SPLIT_NAMES, ConfigError
 from armada_ray.tasks.base import Example, TaskData, TaskSpec, check_usable, dedupe_splits, fill_missing_splits, \
     finalize, skip_record
-from armada_ray.tasks.sources import Columns, FileSource, Row, _is_blank, convert_rows, read_rows
+from armada_ray.tasks.sources import Columns, FileSource, Row, is_blank, convert_rows, read_rows
 
 if TYPE_CHECKING:
     from armada_ray.config import TaskConfig
@@ -139,7 +139,7 @@ def _hub_rows(cfg: "TaskConfig") -> tuple[dict[str, list[tuple[str, list[Row]]]]
 # --------------------------------------------------------------------------------------------- labels
 
 def _blank(v: Any) -> bool:
-    return _is_blank(v) or (isinstance(v, float) and math.isnan(v))  # Parquet/pandas nulls may arrive as NaN
+    return is_blank(v) or (isinstance(v, float) and math.isnan(v))  # Parquet/pandas nulls may arrive as NaN
 
 
 def _type_name(v: Any) -> str:

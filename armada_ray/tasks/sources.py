@@ -149,7 +149,7 @@ def _first_key(row: dict[str, Any], candidates: tuple[str, ...]) -> str | None:
     return next((c for c in candidates if row.get(c) is not None), None)
 
 
-def _is_blank(value: Any) -> bool:
+def is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
@@ -171,7 +171,7 @@ def has_labels(rows: list[Row], columns: Columns) -> bool:
     for _, row in rows:
         if isinstance(row, dict):
             key = _first_key(row, columns.label)
-            if key is not None and not _is_blank(row[key]):
+            if key is not None and not is_blank(row[key]):
                 return True
     return False
 
@@ -211,7 +211,7 @@ def convert_rows(spec: TaskSpec, source: FileSource, columns: Columns, rows: lis
             label_key = _first_key(row, columns.label)
             raw = row[label_key] if label_key else None
             where = label_key or "|".join(columns.label)
-            if _is_blank(raw):
+            if is_blank(raw):
                 raise BadRow(where, "missing label" if spec.kind != "generative" else "missing answer")
             label: int | float | None = None
             answer: str | None = None
@@ -237,7 +237,7 @@ def convert_rows(spec: TaskSpec, source: FileSource, columns: Columns, rows: lis
             problems.append(skip_record(origin, no, bad.field, bad.reason))
             continue
         id_key = _first_key(row, columns.ids)
-        uid = f"{spec.name}:{split}:{row[id_key] if id_key and not _is_blank(row[id_key]) else no}"
+        uid = f"{spec.name}:{split}:{row[id_key] if id_key and not is_blank(row[id_key]) else no}"
         if uid in seen:
             uid = f"{uid}#{no}"
         seen.add(uid)

@@ -26,10 +26,10 @@ fixed answer set, an untrained orthogonal projection of the teacher otherwise), 
 from greedy generation (numeric exact match, exact match or ROUGE-L; ``synced_gpus`` under ZeRO-3 so
 every rank keeps stepping until the slowest finishes).
 
-Every epoch ends with a dev evaluation with the task's metric, one ``ray.train.report`` carrying the
-metrics and a checkpoint (DeepSpeed state + aligner + tokenizer + resolved config + loop state incl. the
-MLflow run id); progress lines every ``train.report_every`` steps (a report per step would cost ~2 s
-under Train V2, NOTES.md).
+Every epoch ends with a dev evaluation with the task's metric (``train/scoring.py``), one ``ray.train.report``
+carrying the metrics and a checkpoint (DeepSpeed state + aligner + tokenizer + resolved config + loop state incl.
+the MLflow run id); progress lines every ``train.report_every`` steps (a report per step would cost ~2 s under
+Train V2, NOTES.md).
 """
 
 from __future__ import annotations
@@ -57,11 +57,12 @@ from armada_ray.config import ArmadaConfig, dump_config
 from armada_ray.fingerprint import TeacherIdentity
 from armada_ray.model.aligner_fit import fit_aligner
 from armada_ray.model.outputs import AlignerOutput
-from armada_ray.probe import class_targets, linear_probe, probe_line, score_predictions
+from armada_ray.probe import class_targets, linear_probe, probe_line
 from armada_ray.train.data import build_splits, make_dataset
 from armada_ray.train import ops
 from armada_ray.train.checkpoint import CKPT_TAG
 from armada_ray.train.ds_config import build_ds_config, load_dtype, zero3_init_context
+from armada_ray.train.scoring import Scorer, aligner_outputs
 from armada_ray.train.session import Session
 
 WARMUP_STEPS = 2
@@ -165,6 +166,10 @@ class ArmadaWorker:
             self.aligner_opt = (torch.optim.AdamW(aligner.parameters(), lr=cfg.aligner.lr,
                                                   weight_decay=cfg.aligner.weight_decay) if trainable else None)
             self.best_aligner = copy.deepcopy(_unwrap(aligner).state_dict())
+        self.scorer = Scorer(cfg, self.spec, self.splits, self.engine, self.tokenizer,
+                             None if self.aligner is None else _unwrap(self.aligner),
+                             lambda split: self._loader(split, shuffle=False), self.device, self.rank, self.world,
+                             session.log)
 
         self.state: dict[str, Any] = {
             "epoch": 0, "global_step": 0, "history": [], "best_dev_metric": None,
@@ -267,23 +272,14 @@ class ArmadaWorker:
 
     # ------------------------------------------------------------------ steps
 
-    def _aligner_targets(self, teacher: torch.Tensor) -> Any:
-        aligner = _unwrap(self.aligner)
-        was_training = aligner.training
-        aligner.eval()
-        with torch.no_grad():
-            out = aligner(teacher)
-        aligner.train(was_training)
-        return out
-
     def freeze_student_targets(self, joint: bool = False) -> None:
         """Before a student epoch: with the aligner frozen for it (not joint), its outputs for every train row."""
         self._targets_table = None
         if self.distill and not joint:
             ds = self.datasets["train"]
             vectors = ds.student_teacher if ds.student_teacher is not None else ds.teacher
-            self._targets_table = self._aligner_targets(torch.as_tensor(vectors, dtype=torch.float32,
-                                                                        device=self.device))
+            self._targets_table = aligner_outputs(_unwrap(self.aligner), torch.as_tensor(
+                vectors, dtype=torch.float32, device=self.device))
 
     def _student_targets(self, batch: dict[str, torch.Tensor]) -> Any:
         """The aligner's outputs for the batch's rows: taken from the epoch's table when the aligner is frozen
@@ -294,7 +290,7 @@ class ArmadaWorker:
             idx = batch["index"].to(table.p_t.device)
             pick = lambda t: None if t is None else t[idx]  # noqa: E731
             return AlignerOutput(pick(table.t1), pick(table.t2), table.p_t[idx])
-        return self._aligner_targets(batch.get("student_teacher", batch["teacher"]))
+        return aligner_outputs(_unwrap(self.aligner), batch.get("student_teacher", batch["teacher"]))
 
     def _aligner_step(self, batch: dict[str, torch.Tensor]) -> float:
         from armada_ray.model import aligner_loss
@@ -406,98 +402,7 @@ class ArmadaWorker:
             out["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return out
 
-    # ------------------------------------------------------------------ evaluation
-
-    def _gather(self, local: list[Any]) -> list[Any]:
-        if self.world == 1:
-            return local
-        everything: list[list[Any]] = [None] * self.world  # type: ignore[list-item]
-        dist.all_gather_object(everything, local)
-        return [x for part in everything for x in part]
-
-    def evaluate(self, split: str = "dev") -> dict[str, Any]:
-        """Student (and aligner) predictions on ``split``, gathered from every rank (ZeRO-3 needs all)."""
-        from armada_ray.tasks import compute_metrics
-
-        if self.generative:
-            return self.evaluate_generative(split)
-        self.engine.eval()
-        rows: list[tuple[int, float, list[float]]] = []
-        with torch.no_grad():
-            for batch in self._loader(split, shuffle=False):
-                batch = self._to_device(batch)
-                out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  token_type_ids=batch.get("token_type_ids"))
-                s1 = out.s1.float()
-                pred = s1.squeeze(-1) if self.regression else s1.argmax(-1)
-                for j, idx in enumerate(batch["index"].tolist()):
-                    rows.append((idx, float(pred[j]), out.p_s[j].float().cpu().tolist()))
-        by_index = {idx: (pred, p_s) for idx, pred, p_s in self._gather(rows)}  # sampler padding dedups here
-        order = sorted(by_index)
-        preds = [by_index[i][0] if self.regression else int(by_index[i][0]) for i in order]
-        refs = self.splits[split].labels[order].tolist()
-        metrics = compute_metrics(self.spec, preds, refs)
-        result: dict[str, Any] = {"metrics": metrics, "dev_metric": metrics[self.spec.metric],
-                                  "preds": preds, "p_s": np.asarray([by_index[i][1] for i in order])}
-        if self.aligner is not None and self.splits[split].teacher is not None:
-            result.update(self.evaluate_aligner(split))
-        return result
-
-    def evaluate_generative(self, split: str = "dev") -> dict[str, Any]:
-        """Greedy answers to ``split``'s prompts scored with the task's metric, gathered from every rank.
-
-        Under ZeRO-3 each forward gathers parameter shards from all ranks, so generation runs with
-        ``synced_gpus``: a rank that has finished keeps stepping until every rank has. The sampler pads the
-        split so every rank runs the same number of batches.
-        """
-        from armada_ray.evaluate import generate_answers
-        from armada_ray.tasks import compute_metrics
-
-        self.engine.eval()
-        student = self.engine.module
-        synced = self.world > 1 and self.cfg.train.zero_stage == 3
-        prompts = self.splits[split].prompts
-        rows: list[tuple[int, str, list[float]]] = []
-        with torch.no_grad():
-            for batch in self._loader(split, shuffle=False):
-                index = batch["index"].tolist()
-                texts = generate_answers(student, self.tokenizer, [prompts[i] for i in index],
-                                         self.cfg.eval.max_new_tokens, batch_size=len(index), synced_gpus=synced)
-                batch = self._to_device(batch)
-                out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  labels=batch["lm_labels"])  # p_s of the pooled prompt, for the embedding map
-                for j, idx in enumerate(index):
-                    rows.append((idx, texts[j], out.p_s[j].float().cpu().tolist()))
-        by_index = {idx: (text, p_s) for idx, text, p_s in self._gather(rows)}
-        order = sorted(by_index)
-        preds = [by_index[i][0] for i in order]
-        refs = [self.splits[split].answers[i] for i in order]
-        metrics = compute_metrics(self.spec, preds, refs)
-        result: dict[str, Any] = {"metrics": metrics, "dev_metric": metrics[self.spec.metric], "preds": preds,
-                                  "p_s": np.asarray([by_index[i][1] for i in order])}
-        if self.rank == 0:
-            for i in order[:2]:
-                self.session.log(f"{split} sample: {prompts[i][-80:]!r} -> {by_index[i][0][:80]!r} "
-                                 f"(reference {self.splits[split].answers[i][:80]!r})")
-        if self.aligner is not None and self.splits[split].teacher is not None:
-            result.update(self.evaluate_aligner(split))
-        return result
-
-    def evaluate_aligner(self, split: str = "dev") -> dict[str, Any]:
-        """The aligner's own metric on ``split`` (every rank computes it on the full split: it is tiny)."""
-        t = torch.as_tensor(self.splits[split].teacher, device=self.device)
-        a_out = self._aligner_targets(t)
-        result: dict[str, Any] = {"p_t": a_out.p_t.float().cpu().numpy()}
-        if a_out.t1 is None:  # open-answer generative task: no class head to score
-            return result
-        keep, refs = class_targets(self.spec, self.splits[split].labels)
-        result["aligner_metric"] = self._aligner_score(a_out.t1[torch.as_tensor(keep, device=a_out.t1.device)], refs)
-        return result
-
-    def _aligner_score(self, t1: torch.Tensor, refs: np.ndarray) -> float:
-        """The task metric of branch A's outputs (answer-class accuracy for generative tasks)."""
-        pred = t1.squeeze(-1).float() if self.regression else t1.argmax(-1)
-        return score_predictions(self.spec, pred.cpu().numpy(), refs)
+    # ------------------------------------------------------------------ the aligner fit and the probe
 
     def fit_aligner(self) -> dict[str, Any]:
         """``aligner.fit=converge``: fit the aligner on the cached vectors until dev stops improving.
@@ -512,7 +417,7 @@ class ArmadaWorker:
         as_t = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
         fit = fit_aligner(
             aligner, self.aligner_opt, as_t(tr.teacher[keep_tr]), as_t(y_tr), as_t(dv.teacher[keep_dv]),
-            lambda t1: self._aligner_score(t1, y_dv), gamma=cfg.loss.gamma, regression=self.regression,
+            lambda t1: self.scorer.aligner_score(t1, y_dv), gamma=cfg.loss.gamma, regression=self.regression,
             batch_size=cfg.aligner.batch_size, max_epochs=cfg.aligner.fit_max_epochs,
             patience=cfg.aligner.fit_patience, seed=cfg.train.seed,
             higher_is_better=not (self.regression and self.spec.metric == "mse"),
@@ -579,7 +484,7 @@ class ArmadaWorker:
             rec: dict[str, Any] = {"epoch": epoch + 1}
             if per_epoch and cfg.train.schedule == "alternating":
                 rec.update(self.aligner_epoch(epoch))
-                a_metric = self.evaluate_aligner("dev")["aligner_metric"]
+                a_metric = self.scorer.evaluate_aligner("dev")["aligner_metric"]
                 if self._is_better(a_metric, self.state["best_aligner_metric"]):
                     self.state["best_aligner_metric"] = a_metric
                     self.best_aligner = copy.deepcopy(_unwrap(self.aligner).state_dict())
@@ -588,7 +493,7 @@ class ArmadaWorker:
             if "aligner_fit" in self.state and not per_epoch:  # the loss of the fitted aligner the student uses
                 rec["aligner_loss"] = self.state["aligner_fit"]["loss"]
             rec.update(self.student_epoch(epoch, joint=per_epoch and cfg.train.schedule == "joint"))
-            ev = self.evaluate("dev")
+            ev = self.scorer.evaluate("dev")
             rec["dev_metric"] = ev["dev_metric"]
             rec.update({f"dev_{k}": v for k, v in ev["metrics"].items()})
             if "aligner_metric" in ev:
@@ -629,7 +534,7 @@ class ArmadaWorker:
         improved = self.state.get("best_epoch") == self.state["epoch"] + 1
         big = sum(p.numel() * p.element_size() for p in trained.values()) > 2 * 2**30
         if self.cfg.train.zero_stage >= 3 or big or (last and improved):
-            self.state["test_at_best_dev"] = self.evaluate("test")["dev_metric"]
+            self.state["test_at_best_dev"] = self.scorer.evaluate("test")["dev_metric"]
             self._best_trained = None
             return
         if improved:  # a best epoch that is not the last: keep its weights, score later
@@ -639,7 +544,7 @@ class ArmadaWorker:
         with torch.no_grad():
             for n, p in trained.items():
                 p.copy_(self._best_trained[n].to(p.device))
-            self.state["test_at_best_dev"] = self.evaluate("test")["dev_metric"]
+            self.state["test_at_best_dev"] = self.scorer.evaluate("test")["dev_metric"]
             for n, p in trained.items():
                 p.copy_(current[n].to(p.device))
         self._best_trained = None
