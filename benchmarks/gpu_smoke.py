@@ -47,7 +47,7 @@ FLOPs per step, summed over the step's rows (each row has n tokens, of which a a
 ``--quick`` (and any run without a CUDA GPU) runs the same legs with tiny shapes on the CPU in fp32: ``tiny-llama``,
 sequence 64, 3 steps, the ``tiny`` SD pipeline (32 px, 4 steps); it prints, never saves, and has no MFU. On the
 CPU ``train.offload=true`` is refused by the config check (nothing to offload to), so that leg builds the GPU's
-DeepSpeed config and runs it in fp32 without pinned memory, as ``tests/test_ds_config.py`` does.
+DeepSpeed config and runs it in fp32 without pinned memory, as ``tests/train/test_ds_config.py`` does.
 
 The bare GPU machine (shared/NOTES.md): Python 3.12, torch (CUDA), transformers, peft, accelerate, safetensors,
 pyarrow, scikit-learn, nvcc; no network. Prepare the bundle here (cp312 wheels + the 8B-shape config/tokenizer

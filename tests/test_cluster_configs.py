@@ -16,8 +16,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from _paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 sys.path.insert(0, str(CLUSTER))
 

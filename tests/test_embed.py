@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _paths import ROOT
 
 from armada_ray.cache import ReplyJournal, TeacherCache, open_cache_for
 from armada_ray.config import ConfigError, HFTeacherConfig, ServerConfig, load_config
@@ -22,7 +23,6 @@ from armada_ray.embed import AsyncTeacherPredictor, TeacherPredictor, embed_prom
 from armada_ray.teachers import TeacherAuthError, build_teacher
 from armada_ray.teachers.server import start_server_in_thread, text_digest
 
-ROOT = Path(__file__).resolve().parents[1]
 TASK = ["task.name=pang_lee_polarity", "task.max_train=24", "task.max_dev=8", "task.max_test=8"]
 CLEAN = dict(rate_limit_rps=None, error_rate=0.0, rate_limit_error_rate=0.0, malformed_rate=0.0, bad_vector_rate=0.0,
              latency_s=0.0, token_env=None, fault_seed=0)

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from _paths import JOBS
 
 from armada_ray.config import ConfigError, load_config
 from armada_ray.preflight import (
@@ -19,7 +20,6 @@ from armada_ray.preflight import (
     run_preflight,
 )
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
 # a 2-node, 1-CPU-per-node cluster as ray.nodes() would describe it (the preflight's input, no Ray needed)
 TWO_NODES = {"source": "test cluster", "nodes": [
     {"node_id": "a", "ip": "127.0.0.1", "CPU": 1.0, "GPU": 0.0, "memory_gib": 8.0, "accelerator": None},

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _paths import ROOT
 from torch import nn
 
 from armada_ray.config import ConfigError, LoraConfig, StudentConfig
@@ -27,7 +28,6 @@ from armada_ray.model.orthogonal import orthogonal_linear, orthogonality_error
 from armada_ray.model.pooling import first_token_index, last_token_index, pool_hidden
 from armada_ray.model.students import ArmadaStudent, GenerativeStudent
 
-REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["the quick brown fox jumps over the lazy dog today", "hi there", "a medium length sentence here"]
 
 
@@ -604,10 +604,10 @@ def test_model_package_imports_without_ray_deepspeed_mlflow():
         "assert not bad, bad\n"
         "print('clean')\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "clean" in res.stdout, res.stderr[-3000:]
     # and the sources name none of them
-    for src in (REPO / "armada_ray" / "model").glob("*.py"):
+    for src in (ROOT / "armada_ray" / "model").glob("*.py"):
         text = src.read_text()
         for name in ("ray", "deepspeed", "mlflow"):
             assert f"import {name}" not in text and f"from {name}" not in text, (src.name, name)

