@@ -129,7 +129,7 @@ def prepare_bundle(folder: Path, python_version: str) -> dict[str, Any]:
     from importlib.metadata import version
 
     from armada_ray.model.hub import resolve_model_path
-    from armada_ray.teachers.diffusion import _tokenizer_dir
+    from armada_ray.teachers.diffusion import tokenizer_dir
 
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.whl"):  # a bundle holds one version of each package
@@ -144,7 +144,7 @@ def prepare_bundle(folder: Path, python_version: str) -> dict[str, Any]:
                     *(f"{n}=={version(n)}" for n in DOWNLOADED_WHEELS)], check=True)
     assets = folder / "armada-cache"
     for src, dest in ((Path(resolve_model_path("llama3-8b-shape")), assets / "models" / "llama3-8b-shape"),
-                      (_tokenizer_dir("clip-bpe"), assets / "tokenizers" / "clip-tokenizer-clip-bpe")):
+                      (tokenizer_dir("clip-bpe"), assets / "tokenizers" / "clip-tokenizer-clip-bpe")):
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(src, dest)
     wheels = {p.name: p.stat().st_size for p in sorted(folder.glob("*.whl"))}
