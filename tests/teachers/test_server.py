@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _net import free_port
 from _paths import ROOT
 
 from armada_ray.config import DiffusionTeacherConfig, HFTeacherConfig, HttpTeacherConfig, ServerConfig
@@ -187,14 +188,8 @@ def test_health_stays_responsive_while_the_teacher_works(server) -> None:
     assert done["health"] < done["embed"]  # answered while the embedding was still running
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_subprocess_started_and_stopped_by_pid(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "armada_ray.cli", "serve-teacher", f"server.port={port}", "server.model_name=mini",

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 import time
 from typing import Any
 
 import numpy as np
 import pytest
+from _net import free_port
 from aiohttp import web
 
 from armada_ray.config import (
@@ -272,9 +272,7 @@ def test_http_bad_replies_fail_rows_not_the_job(server) -> None:
 
 
 def test_http_unreachable_endpoint_is_fatal_and_clear() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     t = _http(f"http://127.0.0.1:{port}/v1", dim=4, max_retries=2)
     t0 = time.monotonic()
     with pytest.raises(TeacherUnavailableError, match=f"127.0.0.1:{port}.*unreachable.*3 attempts"):
