@@ -26,7 +26,7 @@ def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
     address = os.environ.get("RAY_ADDRESS", "").strip()
     if address and address != "local":
         if "runtime_env" in kwargs:
-            kwargs["runtime_env"] = _without_job_env_vars(kwargs["runtime_env"])
+            kwargs["runtime_env"] = without_job_env_vars(kwargs["runtime_env"])
         ray.init(address=address, **kwargs)
         return {"address": address, "started_local": False}
     if num_cpus is not None:
@@ -42,7 +42,7 @@ def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
     return {"address": "local", "started_local": True}
 
 
-def _without_job_env_vars(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
+def without_job_env_vars(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
     """Drop env vars that a submitted job's own runtime env already sets.
 
     In a ``ray job submit`` entrypoint, Ray merges ``ray.init(runtime_env=...)`` into the job's runtime env and

@@ -47,7 +47,7 @@ FLOPs per step, summed over the step's rows (each row has n tokens, of which a a
 ``--quick`` (and any run without a CUDA GPU) runs the same legs with tiny shapes on the CPU in fp32: ``tiny-llama``,
 sequence 64, 3 steps, the ``tiny`` SD pipeline (32 px, 4 steps); it prints, never saves, and has no MFU. On the
 CPU ``train.offload=true`` is refused by the config check (nothing to offload to), so that leg builds the GPU's
-DeepSpeed config and runs it in fp32 without pinned memory, as ``tests/test_ds_config.py`` does.
+DeepSpeed config and runs it in fp32 without pinned memory, as ``tests/train/test_ds_config.py`` does.
 
 The bare GPU machine (shared/NOTES.md): Python 3.12, torch (CUDA), transformers, peft, accelerate, safetensors,
 pyarrow, scikit-learn, nvcc; no network. Prepare the bundle here (cp312 wheels + the 8B-shape config/tokenizer
@@ -129,7 +129,7 @@ def prepare_bundle(folder: Path, python_version: str) -> dict[str, Any]:
     from importlib.metadata import version
 
     from armada_ray.model.hub import resolve_model_path
-    from armada_ray.teachers.diffusion import _tokenizer_dir
+    from armada_ray.teachers.diffusion import tokenizer_dir
 
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.whl"):  # a bundle holds one version of each package
@@ -144,7 +144,7 @@ def prepare_bundle(folder: Path, python_version: str) -> dict[str, Any]:
                     *(f"{n}=={version(n)}" for n in DOWNLOADED_WHEELS)], check=True)
     assets = folder / "armada-cache"
     for src, dest in ((Path(resolve_model_path("llama3-8b-shape")), assets / "models" / "llama3-8b-shape"),
-                      (_tokenizer_dir("clip-bpe"), assets / "tokenizers" / "clip-tokenizer-clip-bpe")):
+                      (tokenizer_dir("clip-bpe"), assets / "tokenizers" / "clip-tokenizer-clip-bpe")):
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(src, dest)
     wheels = {p.name: p.stat().st_size for p in sorted(folder.glob("*.whl"))}

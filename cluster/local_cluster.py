@@ -268,7 +268,7 @@ class LocalCluster:
     def stop(self) -> None:
         """Worker nodes first, then the head: SIGTERM, then SIGKILL after ``stop_grace_s``."""
         for node in sorted(self.nodes, key=lambda n: n.index == 0):
-            _stop_session(node.pid, self.stop_grace_s)
+            stop_session(node.pid, self.stop_grace_s)
             node.stopped = True
         self._save()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -315,7 +315,8 @@ def _signal_session(sid: int, sig: int) -> list[int]:
     return members
 
 
-def _stop_session(sid: int, grace_s: float) -> None:
+def stop_session(sid: int, grace_s: float) -> None:
+    """SIGTERM every process of session ``sid``, SIGKILL what is left after ``grace_s``."""
     if not _signal_session(sid, signal.SIGTERM):
         return
     deadline = time.monotonic() + grace_s
@@ -334,7 +335,7 @@ def stop_from_state(state_dir: str | os.PathLike[str], grace_s: float = 8.0) -> 
     state = json.loads(path.read_text())
     nodes = sorted(state["nodes"], key=lambda n: n["index"] == 0)
     for n in nodes:
-        _stop_session(n["pid"], grace_s)
+        stop_session(n["pid"], grace_s)
         n["stopped"] = True
     path.write_text(json.dumps(state, indent=2))
     root = state.get("root") or ""

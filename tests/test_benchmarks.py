@@ -7,11 +7,9 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import ROOT
 
 
 def _run(script: str) -> dict:

@@ -6,9 +6,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import ROOT
+
 SUBCOMMANDS = ["embed", "train", "tune", "eval", "export", "serve-teacher", "demo", "ui"]
 
 

@@ -21,9 +21,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from _paths import ROOT
 from _ray_train import registered_epochs
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "cluster"))
 
 from local_cluster import LocalCluster, ray_executable, session_members  # noqa: E402

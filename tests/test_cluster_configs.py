@@ -16,8 +16,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from _paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 sys.path.insert(0, str(CLUSTER))
 
@@ -130,7 +130,7 @@ def test_session_members_and_stop_touch_only_the_session_we_started():
         members = local_cluster.session_members(proc.pid)
         assert proc.pid in members and len(members) == 3
         assert os.getpid() not in members
-        local_cluster._stop_session(proc.pid, grace_s=2)
+        local_cluster.stop_session(proc.pid, grace_s=2)
         assert local_cluster.session_members(proc.pid) == []
     finally:
         if proc.poll() is None:

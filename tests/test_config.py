@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
+from _paths import JOBS
 
 from armada_ray.config import ArmadaConfig, ConfigError, apply_overrides, flatten, load_config, parse_override
-
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
 
 def test_overrides_parse_numbers_booleans_lists_and_split_on_first_equals():

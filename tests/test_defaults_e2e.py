@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from _paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # the demo config with a local teacher (no server) and tiny shapes; paths.work_dir stays the default
 SMALL = ["task.name=pang_lee_polarity", "task.max_train=32", "task.max_dev=16", "task.max_test=16",
          "student.model=tiny-llama", "student.lora.layers_to_transform=null", "student.max_length=32",

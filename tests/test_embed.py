@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _net import free_port
+from _paths import ROOT
 
 from armada_ray.cache import ReplyJournal, TeacherCache, open_cache_for
 from armada_ray.config import ConfigError, HFTeacherConfig, ServerConfig, load_config
@@ -22,7 +23,6 @@ from armada_ray.embed import AsyncTeacherPredictor, TeacherPredictor, embed_prom
 from armada_ray.teachers import TeacherAuthError, build_teacher
 from armada_ray.teachers.server import start_server_in_thread, text_digest
 
-ROOT = Path(__file__).resolve().parents[1]
 TASK = ["task.name=pang_lee_polarity", "task.max_train=24", "task.max_dev=8", "task.max_test=8"]
 CLEAN = dict(rate_limit_rps=None, error_rate=0.0, rate_limit_error_rate=0.0, malformed_rate=0.0, bad_vector_rate=0.0,
              latency_s=0.0, token_env=None, fault_seed=0)
@@ -138,12 +138,6 @@ def test_auth_failure_keeps_the_cache(ray_local, server, tmp_path: Path, monkeyp
     server.server.reconfigure(**CLEAN)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cli(args: list[str], env: dict[str, str] | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "armada_ray.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
@@ -151,7 +145,7 @@ def _cli(args: list[str], env: dict[str, str] | None = None, timeout: int = 240)
 
 @pytest.mark.slow
 def test_cli_exit_codes_for_unreachable_and_bad_config(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     r = _cli(["embed", f"paths.work_dir={tmp_path}", "teacher.kind=http", f"teacher.endpoint=http://127.0.0.1:{port}/v1",
               "teacher.max_retries=1", "teacher.backoff_base_s=0.01", *TASK])
     assert r.returncode == 1, r.stderr

@@ -9,12 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from _paths import JOBS
 
 from armada_ray.config import ConfigError, load_config
 from armada_ray.plan import check_cluster, place_workers
 from armada_ray.preflight import format_table, preflight_if_submitted, probe_http_teacher, run_preflight
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
 # a 2-node, 1-CPU-per-node cluster as ray.nodes() would describe it (the preflight's input, no Ray needed)
 TWO_NODES = {"source": "test cluster", "nodes": [
     {"node_id": "a", "ip": "127.0.0.1", "CPU": 1.0, "GPU": 0.0, "memory_gib": 8.0, "accelerator": None},
@@ -187,18 +187,18 @@ def test_a_submitted_driver_does_not_repeat_the_jobs_env_vars(monkeypatch):
     """Ray refuses to merge ray.init's runtime env into the job's when both name one env var; ensure_ray drops them."""
     from ray.runtime_env.runtime_env import _merge_runtime_env
 
-    from armada_ray.ray_utils import _without_job_env_vars
+    from armada_ray.ray_utils import without_job_env_vars
 
     job = {"env_vars": {"HF_HUB_OFFLINE": "1", "ARMADA_CACHE_DIR": "/c"}}
     mine = {"env_vars": {"HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}}
     assert _merge_runtime_env(job, mine) is None  # what `armada train` hit as a submitted job before
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": job, "metadata": {}}))
-    fixed = _without_job_env_vars(mine)
+    fixed = without_job_env_vars(mine)
     assert fixed == {"env_vars": {"DS_ACCELERATOR": "cpu"}}
     assert _merge_runtime_env(job, fixed) == {"env_vars": {**job["env_vars"], "DS_ACCELERATOR": "cpu"}}
-    assert _without_job_env_vars({"env_vars": {"ARMADA_CACHE_DIR": "/c"}}) == {}
+    assert without_job_env_vars({"env_vars": {"ARMADA_CACHE_DIR": "/c"}}) == {}
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    assert _without_job_env_vars(mine) == mine  # not a submitted job: unchanged
+    assert without_job_env_vars(mine) == mine  # not a submitted job: unchanged
 
 
 GPU_JOBS = ["glue_llama3_8b.yaml", "glue_deberta_xxlarge.yaml", "reasoning.yaml", "sweep_alpha_beta.yaml",

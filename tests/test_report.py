@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _paths import ROOT
 
 from armada_ray.config import ConfigError, load_config
 from armada_ray.report import mean_ci95, paired
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["task.name=pang_lee_polarity", "task.max_train=24", "task.max_dev=12", "task.max_test=12",
         "student.model=tiny-llama", "student.lora.layers_to_transform=null", "student.max_length=32",
         "aligner.hidden=32", "aligner.proj_dim=16", "train.epochs=1", "report.seeds=[1, 2]",

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _paths import JOBS
 
 from armada_ray.config import ConfigError, load_config
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
 SMALL = ["task.name=pang_lee_polarity", "task.max_train=24", "task.max_dev=16", "task.max_test=16",
          "student.model=tiny-llama", "student.lora.layers_to_transform=null", "student.max_length=32",
          "aligner.hidden=32", "aligner.proj_dim=16", "train.epochs=2", "train.report_every=2",

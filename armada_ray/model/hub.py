@@ -47,7 +47,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -135,11 +135,11 @@ def resolve_model_path(name: str, revision: str | None = None, *, field: str = "
             )
         return str(path)
     if name == "smollm2-135m":
-        return str(_cached("smollm2-135m", _build_smollm2))
+        return str(build_cached("smollm2-135m", _build_smollm2))
     if name == "tiny-llama":
-        return str(_cached("tiny-llama", _build_tiny_llama))
+        return str(build_cached("tiny-llama", _build_tiny_llama))
     if name == "llama3-8b-shape":
-        return str(_cached("llama3-8b-shape", _build_llama3_shape))
+        return str(build_cached("llama3-8b-shape", _build_llama3_shape))
     local = Path(name).expanduser()
     if local.is_dir():
         return str(local.resolve())
@@ -343,7 +343,7 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _cached(alias: str, builder) -> Path:
+def build_cached(alias: str, builder: Callable[[Path], dict]) -> Path:
     """Return the cached folder of ``alias``, building it once (tmp folder + rename, under a file lock)."""
     final = model_cache_dir(alias)
     if (final / _MARKER).is_file():

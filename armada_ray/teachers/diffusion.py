@@ -171,7 +171,7 @@ class DiffusionTeacher(LocalTeacher):
             pipe = build_random_pipeline(self.cfg.model, dtype=dtype)
         else:
             try:
-                pipe = _load_pipeline(StableDiffusionPipeline, self.cfg.model, self.cfg.revision, dtype)
+                pipe = load_pipeline(StableDiffusionPipeline, self.cfg.model, self.cfg.revision, dtype)
             except Exception as exc:  # noqa: BLE001
                 raise PipelineUnavailableError(_unavailable(self.cfg.model, exc)) from None
         if self.cfg.lora:
@@ -243,7 +243,7 @@ def resize_images(pixels: Any, side: int) -> Any:
     return resized.clamp(0, 1)
 
 
-def _load_pipeline(cls: Any, model: str, revision: str | None, dtype: Any) -> Any:
+def load_pipeline(cls: Any, model: str, revision: str | None, dtype: Any) -> Any:
     """``cls.from_pretrained`` for a pipeline id or folder: in fp16, the repository's fp16 weights
     (``variant="fp16"``, half the download and no fp32 copy in memory), falling back to the default weights
     when it publishes none."""
@@ -297,7 +297,8 @@ def _unavailable(model: str, exc: Exception) -> str:
 # ------------------------------------------------------------------------ offline random pipelines
 
 
-def _tokenizer_dir(kind: str) -> Path:
+def tokenizer_dir(kind: str) -> Path:
+    """The cached folder of an offline CLIP tokenizer (``clip-bpe`` or the small character one), written once."""
     root = Path(os.environ.get("ARMADA_CACHE_DIR") or Path.home() / ".cache" / "armada-ray") / "tokenizers"
     folder = root / f"clip-tokenizer-{kind}"
     if (folder / "merges.txt").is_file():
@@ -350,7 +351,7 @@ def build_random_pipeline(shape: str, dtype: Any = None, seed: int = 0) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     spec = SHAPES[shape]
-    tok = CLIPTokenizer.from_pretrained(str(_tokenizer_dir(spec["tokenizer"])), model_max_length=77)
+    tok = CLIPTokenizer.from_pretrained(str(tokenizer_dir(spec["tokenizer"])), model_max_length=77)
     bos, eos = tok.convert_tokens_to_ids("<|startoftext|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""The DeepSpeed config, built by one pure function (golden-tested in tests/test_ds_config.py).
+"""The DeepSpeed config, built by one pure function (golden-tested in tests/train/test_ds_config.py).
 
 Follows OpenRLHF's ``get_train_ds_config`` shape: the engine config is derived from our typed
 ``TrainConfig``/``ScalingConfig`` plus the device facts, never hand-edited JSON. Conflicting settings are

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from armada_ray.cache import TeacherCache  # noqa: E402

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from _paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.fault_cases import (  # noqa: E402

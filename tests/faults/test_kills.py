@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from _paths import JOBS
 from _ray_train import registered_epochs
 
 from armada_ray.config import load_config
 
-JOBS = Path(__file__).resolve().parents[2] / "jobs"
 SMALL = ["task.name=pang_lee_polarity", "task.max_train=32", "task.max_dev=16", "task.max_test=16",
          "student.max_length=64", "train.batch_size=8", "train.report_every=2",
          "student.model=minilm", "student.lora.enabled=false", "teacher={kind: hf, model: minilm, stand_in: true}",

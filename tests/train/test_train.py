@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _paths import JOBS
 
 from armada_ray.config import ConfigError, load_config
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
 SMALL = ["task.name=pang_lee_polarity", "task.max_train=32", "task.max_dev=16", "task.max_test=16",
          "tracking.enabled=false", "student.max_length=32", "train.batch_size=8", "train.report_every=2",
          "teacher={kind: hf, model: minilm, stand_in: true}", "aligner.hidden=32", "aligner.proj_dim=16"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import socket
 import subprocess
 import sys
 import warnings
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _net import free_port
 from mlflow import MlflowClient
 
 from armada_ray.cache import dataset_view
@@ -41,12 +41,6 @@ from armada_ray.tracking.tracker import FALLBACK_FILE
 from armada_ray.tracking.ui import group_alive, start_mlflow_server
 
 FAKE_KEY = "sk-armada-test-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

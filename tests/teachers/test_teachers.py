@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 import time
 from typing import Any
 
 import numpy as np
 import pytest
+from _net import free_port
 from aiohttp import web
 
 from armada_ray.config import (
@@ -149,17 +149,17 @@ def test_diffusion_fp16_loads_the_fp16_variant_and_falls_back_without_one(tmp_pa
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from armada_ray.teachers.diffusion import _load_pipeline, build_random_pipeline
+    from armada_ray.teachers.diffusion import build_random_pipeline, load_pipeline
 
     pipe = build_random_pipeline("tiny")
     pipe.save_pretrained(tmp_path / "only-fp16", variant="fp16")
     pipe.save_pretrained(tmp_path / "plain")
-    loaded = _load_pipeline(StableDiffusionPipeline, str(tmp_path / "only-fp16"), None, torch.float16)
+    loaded = load_pipeline(StableDiffusionPipeline, str(tmp_path / "only-fp16"), None, torch.float16)
     assert loaded.unet.dtype == torch.float16
-    assert _load_pipeline(StableDiffusionPipeline, str(tmp_path / "plain"), None, torch.float16).unet.dtype \
+    assert load_pipeline(StableDiffusionPipeline, str(tmp_path / "plain"), None, torch.float16).unet.dtype \
         == torch.float16
     with pytest.raises((OSError, ValueError)):  # fp32 asks for the default weights, which that folder lacks
-        _load_pipeline(StableDiffusionPipeline, str(tmp_path / "only-fp16"), None, torch.float32)
+        load_pipeline(StableDiffusionPipeline, str(tmp_path / "only-fp16"), None, torch.float32)
 
 
 def test_diffusion_real_model_id_fails_clearly_offline(monkeypatch) -> None:
@@ -272,9 +272,7 @@ def test_http_bad_replies_fail_rows_not_the_job(server) -> None:
 
 
 def test_http_unreachable_endpoint_is_fatal_and_clear() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     t = _http(f"http://127.0.0.1:{port}/v1", dim=4, max_retries=2)
     t0 = time.monotonic()
     with pytest.raises(TeacherUnavailableError, match=f"127.0.0.1:{port}.*unreachable.*3 attempts"):

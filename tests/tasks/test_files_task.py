@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _paths import ROOT
 
 from armada_ray.config import ConfigError, load_config
 from armada_ray.tasks import load_task, task_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 WORDS = {"pos": ["great", "lovely", "superb", "wonderful", "fine"], "neg": ["awful", "bad", "dreadful", "poor", "grim"]}
 
 

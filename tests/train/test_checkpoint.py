@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from _paths import JOBS
 
 from armada_ray.config import ConfigError, load_config
 from armada_ray.train import checkpoint as ckpt
-
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
 
 def _fake_run(root: Path) -> None:

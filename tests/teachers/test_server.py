@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _net import free_port
+from _paths import ROOT
 
 from armada_ray.config import DiffusionTeacherConfig, HFTeacherConfig, HttpTeacherConfig, ServerConfig
 from armada_ray.teachers import build_teacher
 from armada_ray.teachers.server import start_server_in_thread
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def call(url: str, body: Any = None, token: str | None = None, raw: bytes | None = None,
@@ -188,14 +188,8 @@ def test_health_stays_responsive_while_the_teacher_works(server) -> None:
     assert done["health"] < done["embed"]  # answered while the embedding was still running
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_subprocess_started_and_stopped_by_pid(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "armada_ray.cli", "serve-teacher", f"server.port={port}", "server.model_name=mini",
@@ -251,8 +245,9 @@ def test_images_route_and_the_images_client(tmp_path: Path) -> None:
         with start_server_in_thread(ServerConfig(port=0, model_name="painter", teacher=teacher_cfg)) as h:
             status, _, body = call(h.url + "/images/generations", {"model": "painter", "prompt": "a red cat"})
             assert status == 200 and len(body["data"]) == 1
-            from PIL import Image
             import io
+
+            from PIL import Image
 
             img = Image.open(io.BytesIO(base64.b64decode(body["data"][0]["b64_json"])))
             assert img.size == (32, 32)

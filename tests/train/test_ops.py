@@ -12,10 +12,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _paths import ROOT
 
 from armada_ray.train import ops
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _kill_orphan_compilers(ext: Path) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from _net import free_port
 
 from armada_ray.config import load_config
 from armada_ray.plots import plot_dev_curves
@@ -64,12 +64,6 @@ def chromium() -> Path:
                 pytest.fail(message)
             pytest.skip(message)
     return CHROMIUM
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for_line(log: Path, prefix: str, proc: subprocess.Popen, timeout_s: float) -> str:
