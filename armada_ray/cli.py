@@ -16,6 +16,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
+from armada_ray import console
 from armada_ray.config import ArmadaConfig, ConfigError, load_config
 
 
@@ -147,22 +148,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"armada {args.command}: unknown option {stray[0]!r}; accepted: --config FILE, --json, "
               f"--preflight, --verbose, key=value overrides", file=sys.stderr)
         return 2
-    from armada_ray import console
-
     console.set_verbose(args.verbose or console.verbose())
     console.quiet_driver()
     try:
         cfg: ArmadaConfig = load_config(args.config, args.overrides)
         if args.command in ("embed", "train", "tune", "eval", "demo", "probe", "report"):
-            from armada_ray.tasks import task_spec
+            from armada_ray.tasks import task_spec  # lazy: the registry (~40 ms) stays out of --help and `ui`
 
             task_spec(cfg.task)  # an unknown task is refused before any stage starts
         fn = _resolve(COMMANDS[args.command][0])
         kwargs: dict[str, Any] = {}
         if args.command == "ui":
             kwargs["port"] = args.port
-        # the preflight is imported where used: it loads the task, the cache and transformers, which `armada ui`,
-        # `armada tasks` and the other commands never need
+        # lazy: the preflight loads the plan engine, the cache, the teachers and tracking (~0.3 s), which
+        # `armada ui`, `armada tasks` and the other commands never need
         if args.preflight:
             from armada_ray.preflight import run_preflight
 

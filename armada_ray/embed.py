@@ -41,6 +41,8 @@ from armada_ray.config import (
 )
 from armada_ray.teachers.base import TeacherError
 from armada_ray.teachers.factory import build_teacher
+from armada_ray.teachers.limits import LocalLimiter
+from armada_ray.teachers.prompts import teacher_prompt
 
 _TEACHER_CFG = {"hf": HFTeacherConfig, "diffusion": DiffusionTeacherConfig, "http": HttpTeacherConfig}
 
@@ -168,8 +170,6 @@ def make_ray_limiter(cfg_teacher: HttpTeacherConfig, name: str | None = None) ->
     """One async actor holding the job's request/token buckets and in-flight cap; returns (actor, client)."""
     import ray
 
-    from armada_ray.teachers.limits import LocalLimiter
-
     @ray.remote(num_cpus=0, max_concurrency=1000)
     class LimiterActor:
         def __init__(self, rps: float, tpm: float | None, max_in_flight: int):
@@ -216,9 +216,10 @@ class RayLimiter:
 
 def task_prompts(cfg: ArmadaConfig) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """Every example of every split as ``{"uid", "split", "prompt"}`` plus a summary of the task."""
+    # lazy: driver-only; the teacher actors import this module for TeacherPredictor and need no task registry
+    # (~25 ms)
     from armada_ray.tasks import load_task
     from armada_ray.tasks.base import write_skipped
-    from armada_ray.teachers.prompts import teacher_prompt
 
     data = load_task(cfg.task)
     skipped = write_skipped(data, cfg.work_dir)
@@ -302,9 +303,10 @@ def embed_prompts(cfg: ArmadaConfig, rows: list[dict[str, str]], *, log: Callabl
     limiter_snapshot: dict[str, Any] | None = None
     busy_span = 0.0
     if todo:
-        from armada_ray.ray_utils import ensure_ray, unwrap_ray_error
-
+        # lazy: Ray and its helpers only when there is something to fan out
         import ray
+
+        from armada_ray.ray_utils import ensure_ray, unwrap_ray_error
 
         ensure_ray()
         ctx = ray.data.DataContext.get_current()
@@ -451,7 +453,7 @@ def run_embed(cfg: ArmadaConfig) -> dict[str, Any]:
 def _track_embed(cfg: ArmadaConfig, stats: dict[str, Any]) -> dict[str, Any]:
     """Record the embed job as an MLflow run (stats as metrics, the cache as dataset input); best effort:
     a tracking problem never costs an embedding job that has already paid for its queries."""
-    from armada_ray.tracking import KIND_EMBED, RunTracker, standard_tags
+    from armada_ray.tracking import KIND_EMBED, RunTracker, standard_tags  # lazy: driver-only, as in task_prompts
 
     try:
         tracker = RunTracker.start(cfg, run_name=f"embed-{cfg.task.name}", kind=KIND_EMBED,

@@ -10,13 +10,16 @@ import torch
 
 from armada_ray.config import ArmadaConfig, ConfigError
 from armada_ray.export import best_checkpoint_of, checkpoint_config, load_checkpoint_student
+from armada_ray.model import load_student_export
+from armada_ray.ray_utils import run_with_student_resources
+from armada_ray.tasks import compute_metrics, load_task
+from armada_ray.tracking import KIND_EVAL, RunTracker, standard_tags
+from armada_ray.train.checkpoint import local_checkpoint
+from armada_ray.train.data import encode_texts, lm_prompt, student_inputs
 
 
 def load_for_eval(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     """(student, tokenizer, task facts) from an export folder or a training checkpoint (a folder or storage URI)."""
-    from armada_ray.model import load_student_export
-    from armada_ray.train.checkpoint import local_checkpoint
-
     path = local_checkpoint(path)
     if (path / "armada_student.json").is_file():
         student, tokenizer = load_student_export(path)
@@ -30,8 +33,6 @@ def load_for_eval(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
 def predict(student: Any, tokenizer: Any, prompts: list[str], max_length: int, regression: bool,
             batch_size: int = 16, pairs: list[str | None] | None = None) -> list[float | int]:
     """Class ids (or values) for ``prompts`` (and their second texts ``pairs``), encoded as in training."""
-    from armada_ray.train.data import encode_texts
-
     preds: list[float | int] = []
     student.eval()
     for i in range(0, len(prompts), batch_size):
@@ -50,8 +51,6 @@ def generate_answers(student: Any, tokenizer: Any, prompts: list[str], max_new_t
                      batch_size: int = 16, **gen_kwargs: Any) -> list[str]:
     """A generative student's greedy answers to task prompts (with the answer cue training used); training's
     dev evaluation and ``armada eval`` both answer through here."""
-    from armada_ray.train.data import lm_prompt
-
     texts = student.generate([lm_prompt(p) for p in prompts], tokenizer=tokenizer, max_new_tokens=max_new_tokens,
                              batch_size=batch_size, **gen_kwargs)
     return [t.strip() for t in texts]
@@ -61,9 +60,6 @@ def evaluate_checkpoint(cfg: ArmadaConfig, path: str | Path, split: str = "dev",
                         ) -> dict[str, Any]:
     """Metrics of ``path`` on ``split`` of ``cfg.task``; predictions land in ``predictions-<split>.jsonl`` beside the
     checkpoint (a local copy of it, for a storage URI)."""
-    from armada_ray.tasks import compute_metrics, load_task
-    from armada_ray.train.checkpoint import local_checkpoint
-
     source = str(path)
     path = local_checkpoint(path)
     student, tokenizer, task = load_for_eval(path)
@@ -83,8 +79,6 @@ def evaluate_checkpoint(cfg: ArmadaConfig, path: str | Path, split: str = "dev",
     rows = getattr(data, split)
     if not rows:
         raise ConfigError(f"task {cfg.task.name!r}: the {split} split is empty")
-    from armada_ray.train.data import student_inputs
-
     trained, _ = checkpoint_config(path)  # read the rows as the student was trained to (student.input)
     prompts, pairs = student_inputs(trained, spec, rows)
     if generative:
@@ -116,15 +110,11 @@ def evaluate_checkpoint(cfg: ArmadaConfig, path: str | Path, split: str = "dev",
 def evaluate_on_cluster(cfg: ArmadaConfig, path: str | Path, split: str = "dev") -> dict[str, Any]:
     """:func:`evaluate_checkpoint` as a Ray task with one training rank's resources (its GPU when the student
     trains on one), not in the driver: a cluster's head has neither the GPU nor the memory of a worker (issue 15)."""
-    from armada_ray.ray_utils import run_with_student_resources
-
     return run_with_student_resources(cfg, evaluate_checkpoint, cfg, str(path), split)
 
 
 def run_eval(cfg: ArmadaConfig) -> dict[str, Any]:
     """``armada eval``: score, write predictions, and record the evaluation as an MLflow run."""
-    from armada_ray.tracking import KIND_EVAL, RunTracker, standard_tags
-
     path = cfg.eval.checkpoint or best_checkpoint_of(cfg)
     checkpoint_config(path)  # a folder that is not a checkpoint is refused here, before Ray starts
     result = evaluate_on_cluster(cfg, path, cfg.eval.split)

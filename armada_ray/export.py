@@ -19,6 +19,7 @@ import yaml
 
 from armada_ray import console
 from armada_ray.config import ArmadaConfig, ConfigError, build_config
+from armada_ray.ray_utils import run_with_student_resources
 from armada_ray.train import checkpoint as ckpt_store
 from armada_ray.train.checkpoint import CKPT_TAG
 
@@ -57,6 +58,7 @@ def _quiet_unless_verbose() -> Iterator[None]:
 def load_checkpoint_student(ckpt: str | Path) -> tuple[Any, Any, ArmadaConfig, dict[str, Any], Any]:
     """(student, tokenizer, config, task facts, aligner or None) from a training checkpoint (a folder, or a storage
     URI such as ``s3://…/checkpoint_000001``, copied to a local folder first: DeepSpeed's reader needs one)."""
+    # lazy: torch, DeepSpeed and the student load in the worker that runs the export, not in its driver
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -85,7 +87,7 @@ def load_checkpoint_student(ckpt: str | Path) -> tuple[Any, Any, ArmadaConfig, d
 
 def export_checkpoint(ckpt: str | Path, out_dir: Path, merge: bool = True) -> dict[str, Any]:
     """Write ``out_dir``: HF backbone (merged or adapter) + heads + tokenizer, ``aligner/``, config and task."""
-    from armada_ray.model import save_aligner
+    from armada_ray.model import save_aligner  # lazy: loads torch (see load_checkpoint_student)
 
     source = str(ckpt)
     ckpt, out_dir = ckpt_store.local_checkpoint(ckpt), Path(out_dir)
@@ -123,8 +125,6 @@ def best_checkpoint_of(cfg: ArmadaConfig) -> str:
 def export_on_cluster(cfg: ArmadaConfig, ckpt: str | Path, out_dir: Path) -> dict[str, Any]:
     """:func:`export_checkpoint` as a Ray task with one training rank's resources, not in the driver (issue 15:
     an 8B export needs ≥ 45 GB of host memory, more than a cluster head has)."""
-    from armada_ray.ray_utils import run_with_student_resources
-
     return run_with_student_resources(cfg, export_checkpoint, str(ckpt), Path(out_dir), merge=cfg.export.merge)
 
 

@@ -47,6 +47,8 @@ from armada_ray.probe import try_probe
 from armada_ray.environ import submission_id, submitted_job_config
 from armada_ray.resources import cluster_view
 from armada_ray.teachers.http import sanitize_endpoint
+from armada_ray.teachers.diffusion import SHAPES
+from armada_ray.teachers.hf import HFTeacher
 from armada_ray.tracking import check_tracking_store
 
 PROBE_TIMEOUT_S = 5.0
@@ -122,12 +124,8 @@ def probe_teacher(teacher: Any) -> str:
     if teacher.kind == "http":
         return probe_http_teacher(teacher)
     if teacher.kind == "hf":
-        from armada_ray.teachers.hf import HFTeacher  # lazy (also below): torch/transformers/diffusers per kind
-
         t = HFTeacher(teacher, device="cpu")  # reads the config only; no weights loaded
         return f"hf model {teacher.model!r} resolves to {t.path} (dimension {t.dim})"
-    from armada_ray.teachers.diffusion import SHAPES
-
     model = teacher.model
     if model in SHAPES:
         return f"diffusion shape {model!r}: random weights built offline (a stand-in, not a trained model)"
@@ -136,7 +134,7 @@ def probe_teacher(teacher: Any) -> str:
         if not (local / "model_index.json").is_file():
             raise RuntimeError(f"{local} is not a diffusers pipeline folder (no model_index.json)")
         return f"diffusion pipeline folder {local}"
-    from armada_ray.model.hub import is_offline
+    from armada_ray.model.hub import is_offline  # lazy: model.hub imports torch
 
     if is_offline():
         from huggingface_hub import try_to_load_from_cache

@@ -19,6 +19,8 @@ import numpy as np
 
 from armada_ray.cache import open_cache_for
 from armada_ray.config import ArmadaConfig, ConfigError
+from armada_ray.tasks import compute_metrics
+from armada_ray.tracking import KIND_PROBE, RunTracker
 
 NO_SIGNAL_POINTS = 2.0  # probe − floor, in points of the task metric (×100), below which we warn
 MAX_PROBE_ROWS = 20000  # a seeded subsample above this: the probe is a ceiling estimate, not a model
@@ -35,8 +37,6 @@ def score_predictions(spec: Any, preds: np.ndarray, refs: np.ndarray) -> float:
     """The task's primary metric; plain accuracy over the answer classes for generative tasks."""
     if spec.kind == "generative":
         return float((np.asarray(preds) == np.asarray(refs)).mean()) if len(refs) else math.nan
-    from armada_ray.tasks import compute_metrics
-
     cast = float if spec.kind == "regression" else int
     return float(compute_metrics(spec, [cast(p) for p in preds], [cast(r) for r in refs])[spec.metric])
 
@@ -92,7 +92,7 @@ def probe_line(result: dict[str, Any]) -> str:
 
 def probe_for_config(cfg: ArmadaConfig) -> dict[str, Any]:
     """The probe on this config's task and teacher cache (a ConfigError when vectors are missing)."""
-    from armada_ray.train.data import build_splits
+    from armada_ray.train.data import build_splits  # lazy: loads torch; the probe itself is numpy
 
     spec, splits = build_splits(cfg, with_teacher=True, cache=open_cache_for(cfg))
     tr, dv = splits["train"], splits["dev"]
@@ -114,8 +114,6 @@ def run_probe(cfg: ArmadaConfig) -> dict[str, Any]:
     result = probe_for_config(cfg)
     print(f"[armada probe] task {result['task']} ({result['train_rows']} train / {result['dev_rows']} dev rows): "
           f"{probe_line(result)}", flush=True)
-    from armada_ray.tracking import KIND_PROBE, RunTracker
-
     if cfg.tracking.enabled:
         try:
             name = f"probe-{cfg.task.name}"

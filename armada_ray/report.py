@@ -27,6 +27,9 @@ import numpy as np
 from armada_ray.cache import open_cache_for, resolve_teacher_identity
 from armada_ray.config import ArmadaConfig, ConfigError, apply_overrides, build_config
 from armada_ray.plan import check_plan
+from armada_ray.probe import probe_for_config
+from armada_ray.tracking import KIND_REPORT, RunTracker
+from armada_ray.train import ops
 
 # variant -> overrides on the setup's config (the controls keep the setup's own manifold loss)
 VARIANT_OVERRIDES: dict[str, list[str]] = {
@@ -108,7 +111,7 @@ def check_report_plan(cfg: ArmadaConfig) -> list[tuple[str, ArmadaConfig, bool]]
         try:
             check_plan(probe_cfg)
             if "transfer" in cfg.report.variants:  # its rows need teacher vectors too
-                from armada_ray.train.data import build_splits
+                from armada_ray.train.data import build_splits  # lazy: loads torch
 
                 tcfg = cell_config(scfg, "transfer", cfg.report.seeds[0])
                 build_splits(tcfg, with_teacher=True, cache=open_cache_for(tcfg))
@@ -123,7 +126,7 @@ def check_report_plan(cfg: ArmadaConfig) -> list[tuple[str, ArmadaConfig, bool]]
 
 def run_cell(cfg: ArmadaConfig, session: Any) -> dict[str, Any]:
     """One training run in this process through the one loop; its dev/test scores and timings."""
-    from armada_ray.train.loop import ArmadaWorker
+    from armada_ray.train.loop import ArmadaWorker  # lazy: loads torch and DeepSpeed
 
     t0 = time.perf_counter()
     teacher = resolve_teacher_identity(cfg) if cfg.loss.mode == "armada" else None  # the cell's driver is here
@@ -145,9 +148,7 @@ def run_cell(cfg: ArmadaConfig, session: Any) -> dict[str, Any]:
 
 def run_report(cfg: ArmadaConfig) -> dict[str, Any]:
     """``armada report``: plan, probe, run every cell, write report.md/report.json, log a parent MLflow run."""
-    from armada_ray.probe import probe_for_config
-    from armada_ray.train import ops
-    from armada_ray.train.session import LocalSession
+    from armada_ray.train.session import LocalSession  # lazy: loads torch
 
     t_start = time.perf_counter()
     setups = check_report_plan(cfg)
@@ -292,8 +293,7 @@ def _write(cfg: ArmadaConfig, result: dict[str, Any]) -> None:
     if not cfg.tracking.enabled:
         return
     try:
-        from armada_ray import plots
-        from armada_ray.tracking import KIND_REPORT, RunTracker
+        from armada_ray import plots  # lazy: loads matplotlib
 
         tracker = RunTracker.start(cfg, run_name=f"report-{cfg.name}", kind=KIND_REPORT, local_dir=out)
         tracker.log_metrics({k: float(result[k]) for k in ("value", "gain_ci95_low", "wall_s")

@@ -48,6 +48,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from armada_ray.config import ConfigError
 from armada_ray.fingerprint import fingerprint_id
 from armada_ray.teachers.base import (
     FINGERPRINT_VERSION,
@@ -173,8 +174,6 @@ class HttpTeacher:
         if name:
             key = os.environ.get(name, "")
             if not key:
-                from armada_ray.config import ConfigError
-
                 raise ConfigError(
                     f"config error: teacher.api_key_env={name!r}: the environment variable {name} is not set "
                     f"(export it with the API key; the key itself never goes into the config)"
@@ -449,8 +448,6 @@ class HttpTeacher:
     def _image_encoder(self) -> "ImageEncoder":
         if self._encoder is None:
             if not self.cfg.image_encoder:
-                from armada_ray.config import ConfigError
-
                 raise ConfigError("config error: teacher.api=images needs teacher.image_encoder (a HF vision model)")
             self._encoder = ImageEncoder(self.cfg.image_encoder)
         return self._encoder

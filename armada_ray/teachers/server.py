@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from armada_ray.config import ConfigError
 from armada_ray.teachers.factory import build_teacher
 
 
@@ -488,8 +489,6 @@ async def _serve(server: TeacherServer, host: str, port: int, stop: asyncio.Even
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        from armada_ray.config import ConfigError
-
         raise ConfigError(f"config error: server.port={port}: cannot listen on {host}:{port} ({exc.strerror})") from None
     actual = runner.addresses[0][1]
     print(server.banner(f"http://{host}:{actual}/v1"), flush=True)
@@ -507,11 +506,7 @@ def run_server(cfg: Any) -> dict[str, Any]:
         print(f"warning: server.host={s.host} exposes the teacher beyond this machine"
               + ("" if s.token_env else " without a bearer token (set server.token_env)"), file=sys.stderr)
     if s.token_env and not os.environ.get(s.token_env):
-        from armada_ray.config import ConfigError
-
         raise ConfigError(f"config error: server.token_env={s.token_env!r}: the environment variable is not set")
-    from armada_ray.config import ConfigError
-
     try:
         server = TeacherServer(s)
     except ConfigError as exc:  # the teacher section sits under server. here: name the key the user wrote

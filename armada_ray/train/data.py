@@ -24,6 +24,9 @@ from torch.utils.data import Dataset
 
 from armada_ray.cache import TeacherCache
 from armada_ray.config import ArmadaConfig, ConfigError
+from armada_ray.tasks import example_prompt, load_task, student_text
+from armada_ray.tasks.metrics import normalize_text
+from armada_ray.teachers.prompts import teacher_prompt
 
 
 @dataclass
@@ -43,8 +46,6 @@ class SplitArrays:
 
 def student_inputs(cfg: ArmadaConfig, spec: Any, rows: list[Any]) -> tuple[list[str], list[str | None] | None]:
     """(texts, second texts or None) the student reads for ``rows`` (see ``student.input``)."""
-    from armada_ray.tasks import example_prompt, student_text
-
     if spec.kind == "generative" or cfg.student.input == "teacher_prompt":
         return [example_prompt(spec, ex) for ex in rows], None
     texts = [student_text(spec, ex) for ex in rows]
@@ -78,8 +79,6 @@ def choice_label(answer: str, choices: list[str] | None) -> int:
     """The class id of a generative answer in a fixed answer set; -1 when there is no set or no match."""
     if not choices:
         return -1
-    from armada_ray.tasks.metrics import normalize_text
-
     norm = [normalize_text(c) for c in choices]
     key = normalize_text(answer)
     return norm.index(key) if key in norm else -1
@@ -220,9 +219,6 @@ def build_splits(cfg: ArmadaConfig, with_teacher: bool, cache: TeacherCache | No
     ``cache``: where the teacher vectors are (``with_teacher``; None: never embedded, a ConfigError). A worker
     opens it by the driver's identity (``cache.open_cache``), a driver by its config (``cache.open_cache_for``).
     """
-    from armada_ray.tasks import load_task
-    from armada_ray.teachers.prompts import teacher_prompt
-
     data = load_task(cfg.task)
     spec = data.spec
     generative = spec.kind == "generative"
@@ -258,8 +254,6 @@ def _with_transfer(cfg: ArmadaConfig, cache: TeacherCache | None, spec: Any, tra
                    rows: list[Any]) -> SplitArrays:
     """The train split followed by the transfer set: label -1 (the loop labels those rows with the aligner's
     prediction), their own teacher vectors (never shuffled)."""
-    from armada_ray.teachers.prompts import teacher_prompt
-
     if spec.kind != "classification":
         raise ConfigError(f"config error: task.transfer_rows={cfg.task.transfer_rows}: the transfer set needs a "
                           f"classification task; {spec.name!r} is {spec.kind}")

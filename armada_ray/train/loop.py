@@ -55,9 +55,11 @@ from armada_ray import console
 from armada_ray.cache import dataset_view, open_cache
 from armada_ray.config import ArmadaConfig, dump_config
 from armada_ray.fingerprint import TeacherIdentity
+from armada_ray.model import aligner_loss, armada_loss, baseline_loss, build_aligner, build_student, generative_loss
 from armada_ray.model.aligner_fit import fit_aligner
 from armada_ray.model.outputs import AlignerOutput
 from armada_ray.probe import class_targets, linear_probe, probe_line
+from armada_ray.tracking import KIND_TRAIN, KIND_TRIAL, RunTracker, standard_tags
 from armada_ray.train.data import build_splits, make_dataset
 from armada_ray.train import ops
 from armada_ray.train.checkpoint import CKPT_TAG
@@ -100,8 +102,6 @@ class ArmadaWorker:
     def __init__(self, cfg: ArmadaConfig, session: Session, parent_run_id: str | None, eval_test: bool = False,
                  teacher: TeacherIdentity | None = None):
         import deepspeed
-
-        from armada_ray.model import build_aligner, build_student
 
         self.cfg, self.session = cfg, session
         self.eval_test = eval_test  # score test at the best dev epoch (armada report: select on dev)
@@ -204,8 +204,6 @@ class ArmadaWorker:
         self.session.log(f"resumed from checkpoint after epoch {self.state['epoch']}")
 
     def _start_tracker(self, parent_run_id: str | None) -> Any:
-        from armada_ray.tracking import KIND_TRAIN, KIND_TRIAL, RunTracker, standard_tags
-
         cfg = self.cfg
         if not cfg.tracking.enabled:
             return RunTracker.disabled(cfg)
@@ -293,8 +291,6 @@ class ArmadaWorker:
         return aligner_outputs(_unwrap(self.aligner), batch.get("student_teacher", batch["teacher"]))
 
     def _aligner_step(self, batch: dict[str, torch.Tensor]) -> float:
-        from armada_ray.model import aligner_loss
-
         self.aligner.train()
         teacher, labels = batch["teacher"], batch["labels"]
         if not self.regression:  # label -1: an answer outside the choices, or a transfer-set row
@@ -311,8 +307,6 @@ class ArmadaWorker:
         return float(loss.detach())
 
     def _student_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        from armada_ray.model import armada_loss, baseline_loss, generative_loss
-
         if self.generative:
             out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                               labels=batch["lm_labels"])
@@ -557,7 +551,7 @@ class ArmadaWorker:
         self.tracker.log_metrics({k: v for k, v in rec.items() if isinstance(v, (int, float))},
                                  step=rec["epoch"])
         try:
-            from armada_ray import plots
+            from armada_ray import plots  # lazy: loads matplotlib
 
             history = self.state["history"]
             self.tracker.log_figure(plots.plot_loss_components(history), "plots/loss_components.png")

@@ -94,6 +94,7 @@ def estimate(
 def estimate_for_config(cfg: "ArmadaConfig", shape: dict[str, Any], available_gib: float,
                         device: str) -> MemoryEstimate:
     """:func:`estimate` for a config's student, LoRA, ZeRO stage, precision, batch and sequence."""
+    # lazy: ds_config loads the config package (pydantic); the bare estimate (cluster/capacity.py) does without
     from armada_ray.train.ds_config import resolve_precision
 
     lora = cfg.student.lora
