@@ -181,14 +181,13 @@ def collect_trials(sweep_dir: Path) -> list[dict[str, Any]]:
     for info in sorted(sweep_dir.glob("trial-*/trial.json")):
         trial = json.loads(info.read_text())
         ckpts = ckpt.list_checkpoints(trial.get("checkpoint_storage") or str(info.parent / "ray"))
-        trial["epochs"] = max((m.get("epoch", 0) for _, m in ckpts), default=0)
-        scored = [(p, m) for p, m in ckpts if m.get("dev_metric") is not None]
-        best = max(scored, key=lambda pm: pm[1]["dev_metric"], default=None)
-        trial["best_dev_metric"] = best[1]["dev_metric"] if best else None
-        trial["best_checkpoint"] = str(best[0]) if best else None
+        trial["epochs"] = max((c.epoch for c in ckpts), default=0)
+        best = ckpt.best_of(ckpts)
+        trial["best_dev_metric"] = best.dev_metric if best else None
+        trial["best_checkpoint"] = best.location if best else None
         for key in ("aligner_dev_metric", "probe_dev_metric"):  # the teacher side beside the student
-            trial[key] = best[1].get(key) if best else None
-        state = (ckpt.read_json(ckpts[-1][0], "state.json") if ckpts else None) or {}
+            trial[key] = best.metrics.get(key) if best else None
+        state = (ckpt.read_json(ckpts[-1].location, "state.json") if ckpts else None) or {}
         trial["mlflow_run_id"] = state.get("mlflow_run_id")
         trial["dev_curve"] = [h.get("dev_metric") for h in state.get("history", [])]
         trials.append(trial)

@@ -29,7 +29,7 @@ def resumed_checkpoint(cfg: ArmadaConfig) -> str | None:
         return None
     cfg = resolve_run_name(cfg)
     ckpts = ckpt.list_checkpoints(ckpt.run_storage(cfg))
-    return ckpts[-1][0] if ckpts else None
+    return ckpts[-1].location if ckpts else None
 
 
 def resumed_teacher_dim(latest: str | None) -> int | None:

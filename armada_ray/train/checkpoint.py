@@ -23,6 +23,7 @@ import json
 import os
 import posixpath
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,31 @@ def run_storage(cfg: Any) -> str:
     return join(storage_root(cfg), cfg.experiment, cfg.run_name or "train", "ray")
 
 
-def list_checkpoints(storage: str) -> list[tuple[str, dict[str, Any]]]:
-    """(checkpoint location, its reported metrics) for every checkpoint under ``storage`` (a run's Ray Train
-    folder), oldest epoch first. Locations keep the form of ``storage``: a URI stays a URI."""
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One registered checkpoint: where it is (a local folder or a URI) and what its epoch reported."""
+
+    location: str
+    metrics: dict[str, Any]  # metrics.json: the epoch's reported metrics
+
+    @property
+    def epoch(self) -> int:
+        return int(self.metrics.get("epoch", 0))
+
+    @property
+    def dev_metric(self) -> float | None:
+        return self.metrics.get("dev_metric")
+
+
+def best_of(records: list[CheckpointRecord]) -> CheckpointRecord | None:
+    """The checkpoint with the highest ``dev_metric`` (the one Ray Train's ``CheckpointConfig`` keeps as best), or
+    None when no checkpoint was scored."""
+    return max((r for r in records if r.dev_metric is not None), key=lambda r: r.dev_metric, default=None)
+
+
+def list_checkpoints(storage: str) -> list[CheckpointRecord]:
+    """Every checkpoint under ``storage`` (a run's Ray Train folder), oldest epoch first. Locations keep the form
+    of ``storage``: a URI stays a URI."""
     import pyarrow.fs
 
     fs, root = _fs(storage)
@@ -78,8 +101,8 @@ def list_checkpoints(storage: str) -> list[tuple[str, dict[str, Any]]]:
             if fs.get_file_info(metrics).type != pyarrow.fs.FileType.File:
                 continue  # a checkpoint still being written
             with fs.open_input_stream(metrics) as f:
-                found.append((join(storage, posixpath.basename(run.path), name), json.loads(f.read())))
-    return sorted(found, key=lambda pm: (pm[1].get("epoch", 0), pm[0]))
+                found.append(CheckpointRecord(join(storage, posixpath.basename(run.path), name), json.loads(f.read())))
+    return sorted(found, key=lambda r: (r.epoch, r.location))
 
 
 def read_bytes(checkpoint: str | Path, name: str) -> bytes | None:

@@ -76,10 +76,9 @@ def summarize_result(cfg: ArmadaConfig, wall_s: float) -> dict[str, Any]:
     Read from the run's checkpoint storage (local or a URI) rather than from Ray's ``Result``, so a run on remote
     storage and a resumed run are summarised the same way."""
     ckpts = ckpt.list_checkpoints(ckpt.run_storage(cfg))
-    scored = [(p, m) for p, m in ckpts if m.get("dev_metric") is not None]
-    best = max(scored, key=lambda pm: pm[1]["dev_metric"], default=None)
-    latest = ckpts[-1][0] if ckpts else None
-    best_path = best[0] if best else latest
+    best = ckpt.best_of(ckpts)
+    latest = ckpts[-1].location if ckpts else None
+    best_path = best.location if best else latest
     # the latest checkpoint holds the whole history (the best one only up to its epoch)
     final_state: dict[str, Any] = {}
     for path in (latest, best_path):
@@ -93,7 +92,7 @@ def summarize_result(cfg: ArmadaConfig, wall_s: float) -> dict[str, Any]:
         "run_dir": str(cfg.run_dir),
         "best_checkpoint": best_path,
         "latest_checkpoint": latest,
-        "best_dev_metric": best[1].get("dev_metric") if best else None,
+        "best_dev_metric": best.dev_metric if best else None,
         "test_at_best_dev": final_state.get("test_at_best_dev"),
         "metric": task["metric"] if task else None,
         "epochs": final_state.get("epoch"),

@@ -16,7 +16,7 @@ from armada_ray.train import checkpoint as ckpt
 
 def _fake_run(root: Path) -> None:
     """A run's Ray Train folder as Ray leaves it: two checkpoints with metrics, one still being written."""
-    for epoch, dev in ((1, 0.5), (2, 0.75)):
+    for epoch, dev in ((1, 0.75), (2, 0.5)):  # the best is not the latest
         d = root / "train" / f"checkpoint_00000{epoch - 1}"
         d.mkdir(parents=True)
         (d / "metrics.json").write_text(json.dumps({"epoch": epoch, "dev_metric": dev}))
@@ -32,12 +32,15 @@ def test_listing_and_reading_are_the_same_for_a_folder_and_a_uri(tmp_path, as_ur
     _fake_run(tmp_path / "ray")
     storage = f"file://{tmp_path}/ray" if as_uri else str(tmp_path / "ray")
     found = ckpt.list_checkpoints(storage)
-    assert [m["epoch"] for _, m in found] == [1, 2]
-    assert all(loc.startswith(storage) for loc, _ in found)
-    assert found[0][0] == ckpt.join(storage, "train", "checkpoint_000000")
-    assert ckpt.read_json(found[1][0], "state.json") == {"epoch": 2}
-    assert ckpt.read_json(found[1][0], "task.json") is None
-    assert ckpt.exists(found[1][0]) and not ckpt.exists(ckpt.join(storage, "nope"))
+    assert [c.epoch for c in found] == [1, 2]
+    assert all(c.location.startswith(storage) for c in found)
+    assert found[0].location == ckpt.join(storage, "train", "checkpoint_000000")
+    assert ckpt.read_json(found[1].location, "state.json") == {"epoch": 2}
+    assert ckpt.read_json(found[1].location, "task.json") is None
+    assert ckpt.exists(found[1].location) and not ckpt.exists(ckpt.join(storage, "nope"))
+    # the best is the highest dev_metric (what Ray Train's CheckpointConfig keeps), not the latest
+    best = ckpt.best_of(found)
+    assert best is not None and (best.epoch, best.dev_metric) == (1, 0.75)
     assert ckpt.list_checkpoints(ckpt.join(storage, "missing")) == []
 
 

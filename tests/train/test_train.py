@@ -274,7 +274,7 @@ def test_checkpoints_on_a_storage_uri_are_listed_resumed_and_exported(work_dir, 
 
     resumed = _train(work_dir, *common, "train.epochs=2", "resume=true")
     assert [h["epoch"] for h in _history(resumed)] == [1, 2]
-    assert [m["epoch"] for _, m in ckpt.list_checkpoints(storage)] == [1, 2]
+    assert [c.epoch for c in ckpt.list_checkpoints(storage)] == [1, 2]
 
     out = export_checkpoint(resumed["best_checkpoint"], tmp_path / "export")
     assert out["checkpoint"] == resumed["best_checkpoint"] and (tmp_path / "export" / "armada_student.json").is_file()
