@@ -514,6 +514,14 @@ SMALL_EMBED = ["teacher.kind=http", "teacher.model=teacher", "teacher.dim=384", 
                "task.max_test=8"]
 
 
+# a one-trial sweep with the undistilled baseline on tiny shapes (the secrets check's train + tune)
+SMALL_SWEEP = ["student.model=tiny-llama", "student.lora.layers_to_transform=null", "student.max_length=32",
+               "aligner.hidden=32", "aligner.proj_dim=16", "train.epochs=1", "train.batch_size=8",
+               "scaling.cpus_per_worker=0.9", "tune.num_samples=1", "tune.max_concurrent_trials=1",
+               "tune.scheduler=fifo", "tune.seeds=[]", "tune.include_baseline=true",
+               "tune.search_space={loss.alpha: {type: choice, values: [0.5]}}", "name=faults-secrets-sweep"]
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """This process's environment for an `armada` child: offline hub, no Ray address (a private local Ray)."""
     from armada_ray import environ
@@ -655,7 +663,8 @@ def _mlflow_texts(db: Path) -> tuple[list[str], list[Path]]:
 
 def secrets_check(scratch: Path, token_server: Server, open_server: Server) -> dict[str, Any]:
     """A key given through the environment and one inside the endpoint URL, end to end through `armada embed`
-    (each run a CLI child with its own Ray under a private RAY_TMPDIR), plus the saved config.yaml and MLflow
+    and, on the URL-key cache, `armada tune` (a trial and the baseline: two training runs, the sweep's parent, the
+    export; each CLI child with its own Ray under a private RAY_TMPDIR), plus the saved config.yaml and MLflow
     params/tags/artifacts of a run whose teacher URL holds the key. Greps everything written and printed.
 
     ``token_server`` requires ``Bearer <token_server.token>``; ``open_server`` takes anyone (aiohttp sends a
@@ -688,6 +697,15 @@ def secrets_check(scratch: Path, token_server: Server, open_server: Server) -> d
           {CLIENT_KEY_ENV: env_key})
     # 2. the key inside the endpoint URL
     embed("url-key", [f"teacher.endpoint=http://user:{url_key}@127.0.0.1:{open_server.port}/v1"], {})
+    # 2b. a full sweep on that cache (a trial and the undistilled baseline: two `armada train` runs, the sweep's
+    # parent, its export), the teacher URL with the key in every config it saves and logs, and the env key set too
+    sweep_tmp = Path(tempfile.mkdtemp(prefix="af", dir="/tmp"))
+    ray_roots.append(sweep_tmp)
+    out = armada_child(["tune", f"paths.work_dir={scratch / 'url-key'}", *SMALL_EMBED, *SMALL_SWEEP,
+                        f"teacher.endpoint=http://user:{url_key}@127.0.0.1:{open_server.port}/v1", "--json"],
+                       child_env(RAY_TMPDIR=str(sweep_tmp), **{CLIENT_KEY_ENV: env_key}), timeout=600)
+    texts["url-key tune stdout"], texts["url-key tune stderr"] = out.stdout, out.stderr
+    report["runs"]["url-key tune"] = {"rc": out.returncode, "stderr_tail": out.stderr.strip().splitlines()[-3:]}
     # 3. a wrong key through the environment: refused with 401 before Ray; the message must not hold it
     embed("wrong-key", [f"teacher.endpoint={token_server.url}", f"teacher.api_key_env={CLIENT_KEY_ENV}"],
           {CLIENT_KEY_ENV: wrong_key}, timeout=120)

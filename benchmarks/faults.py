@@ -17,8 +17,9 @@ c. **Kill**: ``armada embed`` as a CLI child (own local Ray) against a server wi
    kill and after, the rerun leaves nothing lost, and texts answered twice / answered before the kill and asked
    again are at most the requests on the wire (teacher.max_in_flight x teacher.batch_size).
 d. **Secrets**: ``fault_cases.secrets_check``: a key through ``teacher.api_key_env`` (to a server that checks it),
-   one inside ``teacher.endpoint``, a wrong one; grep of every file written (work dirs, caches, MLflow stores and
-   artifacts, both Ray sessions' logs), everything printed, a saved config.yaml and its MLflow params/tags.
+   one inside ``teacher.endpoint``, a wrong one; a full ``armada tune`` (a trial, the undistilled baseline, the
+   export) on the URL-key cache with both keys set; grep of every file written (work dirs, caches, MLflow stores
+   and artifacts, every Ray session's logs), everything printed, a saved config.yaml and its MLflow params/tags.
 e. **Kills and protocol junk, as tests**: ``tests/faults/test_kills.py`` (a Ray Train worker SIGKILLed mid-epoch;
    the ``armada tune`` driver SIGKILLed mid-trial and the sweep resumed) and ``tests/faults/test_protocol_junk.py``
    (a raw-socket server's junk replies), run by pytest in a child process and counted from its JUnit report.
