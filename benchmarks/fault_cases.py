@@ -490,8 +490,8 @@ def run_all(scratch: Path) -> dict[str, Any]:
         d.mkdir(parents=True)
         o = run_refusal(case, d)
         tried += 1
-        if not o.clear:
-            unclear[case.id] = o.problems
+        if not o.clear:  # what it printed too (the test secret masked), to see why
+            unclear[case.id] = [*o.problems, *o.stderr.replace(SECRET, "***").splitlines()[:20]]
     for case in BAD_ROWS:
         d = scratch / case.id
         d.mkdir(parents=True)

@@ -211,13 +211,17 @@ def pytest_part(target: str, scratch: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "pytest", target, "-q", "-p", "no:cacheprovider",
                            f"--junitxml={report}"], cwd=ROOT, env=child_env(), capture_output=True, text=True)
-    cases = {}
+    cases, reasons = {}, {}
     if report.exists():
         for case in ET.parse(report).getroot().iter("testcase"):
-            bad = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
-            cases[case.get("name")] = bad[0] if bad else "passed"
+            bad = [c for c in case if c.tag in ("failure", "error", "skipped")]
+            cases[case.get("name")] = bad[0].tag if bad else "passed"
+            if bad:  # the assertion that failed, which the output's tail does not hold
+                reasons[case.get("name")] = (bad[0].get("message") or "")[:1000]
     passed = proc.returncode == 0 and bool(cases) and all(v == "passed" for v in cases.values())
     out = {"cases": cases, "passed": passed, "wall_s": round(time.monotonic() - t0, 1)}
+    if reasons:
+        out["reasons"] = reasons
     if not passed:
         out["tail"] = (proc.stdout + proc.stderr)[-1500:]
     return out
