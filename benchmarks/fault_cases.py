@@ -681,16 +681,19 @@ def secrets_check(scratch: Path, token_server: Server, open_server: Server) -> d
     folders: list[Path] = []
     ray_roots: list[Path] = []
 
-    def embed(name: str, extra: list[str], env_extra: dict[str, str], timeout: float = 240) -> Any:
-        work = scratch / name
+    def run(name: str, argv: list[str], env_extra: dict[str, str], timeout: float) -> Any:
+        """An `armada` child under its own RAY_TMPDIR; what it printed and its exit code kept under ``name``."""
         ray_tmp = Path(tempfile.mkdtemp(prefix="af", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
         ray_roots.append(ray_tmp)
-        folders.append(work)
-        out = armada_child(["embed", f"paths.work_dir={work}", *SMALL_EMBED, *extra, "--json"],
-                           child_env(RAY_TMPDIR=str(ray_tmp), **env_extra), timeout=timeout)
+        out = armada_child([*argv, "--json"], child_env(RAY_TMPDIR=str(ray_tmp), **env_extra), timeout=timeout)
         texts[f"{name} stdout"], texts[f"{name} stderr"] = out.stdout, out.stderr
         report["runs"][name] = {"rc": out.returncode, "stderr_tail": out.stderr.strip().splitlines()[-3:]}
         return out
+
+    def embed(name: str, extra: list[str], env_extra: dict[str, str], timeout: float = 240) -> Any:
+        work = scratch / name
+        folders.append(work)
+        return run(name, ["embed", f"paths.work_dir={work}", *SMALL_EMBED, *extra], env_extra, timeout)
 
     # 1. the key through the environment, to a server that checks it
     embed("env-key", [f"teacher.endpoint={token_server.url}", f"teacher.api_key_env={CLIENT_KEY_ENV}"],
@@ -699,13 +702,9 @@ def secrets_check(scratch: Path, token_server: Server, open_server: Server) -> d
     embed("url-key", [f"teacher.endpoint=http://user:{url_key}@127.0.0.1:{open_server.port}/v1"], {})
     # 2b. a full sweep on that cache (a trial and the undistilled baseline: two `armada train` runs, the sweep's
     # parent, its export), the teacher URL with the key in every config it saves and logs, and the env key set too
-    sweep_tmp = Path(tempfile.mkdtemp(prefix="af", dir="/tmp"))
-    ray_roots.append(sweep_tmp)
-    out = armada_child(["tune", f"paths.work_dir={scratch / 'url-key'}", *SMALL_EMBED, *SMALL_SWEEP,
-                        f"teacher.endpoint=http://user:{url_key}@127.0.0.1:{open_server.port}/v1", "--json"],
-                       child_env(RAY_TMPDIR=str(sweep_tmp), **{CLIENT_KEY_ENV: env_key}), timeout=600)
-    texts["url-key tune stdout"], texts["url-key tune stderr"] = out.stdout, out.stderr
-    report["runs"]["url-key tune"] = {"rc": out.returncode, "stderr_tail": out.stderr.strip().splitlines()[-3:]}
+    run("url-key tune", ["tune", f"paths.work_dir={scratch / 'url-key'}", *SMALL_EMBED, *SMALL_SWEEP,
+                         f"teacher.endpoint=http://user:{url_key}@127.0.0.1:{open_server.port}/v1"],
+        {CLIENT_KEY_ENV: env_key}, timeout=600)
     # 3. a wrong key through the environment: refused with 401 before Ray; the message must not hold it
     embed("wrong-key", [f"teacher.endpoint={token_server.url}", f"teacher.api_key_env={CLIENT_KEY_ENV}"],
           {CLIENT_KEY_ENV: wrong_key}, timeout=120)

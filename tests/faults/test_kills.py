@@ -32,31 +32,32 @@ def _kill_the_worker_after_epoch_one(run_dir: Path, killed: dict, deadline: floa
     Ray state API call can take longer under load, so the worker's PID is looked up while epoch 1 runs and the
     kill itself needs no Ray call (looking it up after the registration let the run finish first)."""
     import ray
-    from ray.util.state import list_actors
 
     # this session's Ray by its address: with another local Ray on the machine (benchmarks/faults.py runs this
     # test beside its own), the state API refuses to guess ("Found multiple active Ray instances")
-    address = ray.get_runtime_context().gcs_address
     try:
-        _watch_and_kill(run_dir, killed, deadline, lambda **kw: list_actors(address=address, **kw))
+        _watch_and_kill(run_dir / "ray" / "train", killed, deadline, ray.get_runtime_context().gcs_address)
     except Exception as exc:  # noqa: BLE001 - a dying thread says nothing; the test's assertion shows this
         killed["watcher_error"] = f"{type(exc).__name__}: {exc}"
 
 
-def _watch_and_kill(run_dir: Path, killed: dict, deadline: float, list_actors) -> None:
+def _watch_and_kill(train_dir: Path, killed: dict, deadline: float, address: str) -> None:
+    from ray.util.state import list_actors
+
     pids: list[int] = []
     next_lookup = 0.0
     while time.monotonic() < deadline:
-        if 1 in registered_epochs(run_dir / "ray" / "train") and pids:
+        if 1 in registered_epochs(train_dir) and pids:
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:  # a worker of the previous run that the state API still listed
                     continue
-                killed["pid"], killed["after_epochs"] = pid, registered_epochs(run_dir / "ray" / "train")
+                killed["pid"], killed["after_epochs"] = pid, registered_epochs(train_dir)
             return
         if time.monotonic() >= next_lookup:
-            alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+            alive = list_actors(address=address,
+                                filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
             pids = [a.pid for a in alive if a.pid]
             next_lookup = time.monotonic() + 1.0
         time.sleep(0.1)
