@@ -5,12 +5,16 @@ seed in one process) → one `armada train` of the baseline cell through Ray Tra
 report's in-process cells is the per-run overhead before/after. value = mean paired test gain (points) of
 the best ARMADA variant (cosine/euclid/pointwise) over the undistilled baseline on bbc_topics.
 
-Full: every setup of jobs/ablation.yaml as committed (bbc_topics with SmolLM2-135M LoRA taught by MiniLM, and with
-MiniLM taught by SmolLM2; tweet_sentiment with both students; rg_syllogism through the generative path; 3 seeds,
-all variants + transfer; about 3 h on 2 cores), saved to benchmarks/results/ablation.json. --only NAME[,NAME]: run just those setups of the YAML and merge
-their cells into the committed result (the other setups' cells, the headline and the overhead stay as they
-were; each merged study's setups and wall time are listed under `studies`). --quick: the tiny LLaMA student on 24 pang_lee rows, 2 seeds, 3
-variants; printed only.
+Full: every setup of jobs/ablation.yaml as committed (bbc_topics with SmolLM2-135M LoRA taught by MiniLM, and
+with MiniLM taught by SmolLM2; tweet_sentiment with SmolLM2, and with MiniLM self-distilled (marked so);
+rg_syllogism through the generative path; 3 seeds, all variants + transfer; about 3 h on 2 cores), saved to
+benchmarks/results/ablation.json.
+
+--only NAME[,NAME]: run just those setups of the YAML and merge their cells into the committed result (the other
+setups' cells, the headline and the overhead stay as they were; each merged study's setups and wall time are
+listed under `studies`).
+
+--quick: the tiny LLaMA student on 24 pang_lee rows, 2 seeds, 3 variants; printed only.
 """
 
 from __future__ import annotations
